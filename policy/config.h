@@ -1,0 +1,98 @@
+/*
+ * config.h - the YAML configuration (a contract: admins' files and scripts
+ * rely on the key names).
+ *
+ * config_load() reads the file with libyaml, checks every key and value,
+ * and reports each problem as "FILE:LINE: reason". Unknown keys are errors.
+ * Everything not given keeps the embedded default (config_defaults).
+ */
+#ifndef MAILMOAT_CONFIG_H
+#define MAILMOAT_CONFIG_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#define CFG_PATH_MAX 1024
+#define CFG_HOST_MAX 256
+#define CFG_TEXT_MAX 512
+
+enum cfg_protocol { CFG_PROTO_POP3, CFG_PROTO_IMAP, CFG_PROTO_COUNT };
+
+/* What happens to a message: see policy.h. Names: "pass", "quarantine", "abort". */
+enum policy_action { POLICY_PASS, POLICY_QUARANTINE, POLICY_ABORT, POLICY_ACTION_COUNT };
+
+const char *cfg_protocol_name(enum cfg_protocol p);
+const char *policy_action_name(enum policy_action a);
+
+struct cfg_listener {
+	enum cfg_protocol protocol;           /* protocol: pop3 | imap */
+	char listen_host[CFG_HOST_MAX];       /* listen: HOST:PORT ([v6]:PORT) */
+	uint16_t listen_port;
+	char upstream_host[CFG_HOST_MAX];     /* upstream: HOST:PORT */
+	uint16_t upstream_port;
+	int line;                             /* where it was defined, for messages */
+};
+
+struct config {
+	struct cfg_listener *listeners;
+	unsigned n_listeners;
+
+	/* scanner.clamav */
+	char clamav_database[CFG_PATH_MAX];   /* database: directory (default /var/lib/clamav) */
+	uint64_t clamav_max_filesize;         /* max_filesize (default 100M) */
+	uint64_t clamav_max_scansize;         /* max_scansize (default 400M) */
+	unsigned clamav_max_recursion;        /* max_recursion (default 17) */
+	unsigned clamav_max_files;            /* max_files (default 10000) */
+	unsigned clamav_max_scantime_ms;      /* max_scantime, seconds in YAML (default 120 s) */
+
+	/* quarantine */
+	char quarantine_dir[CFG_PATH_MAX];    /* dir (default /var/lib/mailmoat/quarantine) */
+
+	/* policy */
+	enum policy_action on_malicious;      /* default quarantine */
+	enum policy_action on_scan_error;     /* default quarantine */
+
+	/* notice */
+	char admin_contact[CFG_TEXT_MAX];     /* admin_contact (default "your mail administrator") */
+
+	/* spool */
+	uint64_t spool_memory_limit;          /* memory_limit (default 4M) */
+	uint64_t spool_max_message_size;      /* max_message_size (default 512M) */
+	char spool_dir[CFG_PATH_MAX];         /* dir (default $TMPDIR or /tmp) */
+
+	/* timeouts, seconds */
+	unsigned timeout_client_idle;         /* client_idle (default 600) */
+	unsigned timeout_upstream_idle;       /* upstream_idle (default 600) */
+	unsigned timeout_connect;             /* connect (default 15) */
+	unsigned timeout_shutdown_grace;      /* shutdown_grace (default 10) */
+	unsigned timeout_keepalive;           /* keepalive: progress notes to a waiting client (default 10) */
+
+	/* limits */
+	unsigned max_sessions;                /* limits.max_sessions (default 500) */
+	unsigned readahead;                   /* limits.readahead: captured messages held at once (default 2) */
+
+	/* process */
+	char run_as[CFG_HOST_MAX];            /* user: drop privileges to it after binding */
+	char log_level[16];                   /* log_level: error|warn|info|debug (default info) */
+};
+
+/* Fills cfg with the embedded defaults and no listeners. */
+void config_defaults(struct config *cfg);
+
+/*
+ * Loads and validates path. On success returns 0 and a new config in
+ * *cfg_r (the caller owns it: config_free). Otherwise writes one
+ * "PATH:LINE: reason" line per problem to errs and returns -1.
+ */
+int config_load(const char *path, struct config **cfg_r, FILE *errs);
+
+/* Frees a config and NULLs the caller's pointer. */
+void config_free(struct config **cfgp);
+
+/*
+ * Parses a size: a number with an optional K, M or G suffix (powers of
+ * 1024). Returns 0 or -1 on syntax error or overflow.
+ */
+int config_parse_size(const char *s, uint64_t *size_r);
+
+#endif

@@ -1,0 +1,105 @@
+/*
+ * log.c - key=value log lines on stderr (see log.h).
+ *
+ * Owns the process-wide level. Called from the event loop and, for a few
+ * start-up and engine messages, from pool threads: each line is built in a
+ * local buffer and written with one write(2), so lines never interleave.
+ */
+#include "proxy/log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static enum log_level log_level_cur = LOG_LVL_INFO;
+
+static const char *const log_level_names[] = {"error", "warn", "info", "debug"};
+_Static_assert(sizeof(log_level_names) / sizeof(log_level_names[0]) == LOG_LVL_COUNT,
+	       "log level names");
+
+void log_set_level(enum log_level level)
+{
+	log_level_cur = level;
+}
+
+int log_level_parse(const char *name, enum log_level *level_r)
+{
+	for (int i = 0; i < LOG_LVL_COUNT; i++) {
+		if (strcmp(name, log_level_names[i]) == 0) {
+			*level_r = (enum log_level)i;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+void log_msg(enum log_level level, const char *sid, const char *fmt, ...)
+{
+	char line[2048];
+	struct timespec ts;
+	struct tm tm;
+	size_t n;
+	va_list ap;
+	int r;
+
+	if (level > log_level_cur)
+		return;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
+	r = snprintf(line + n, sizeof(line) - n, ".%03ldZ %s %s ", ts.tv_nsec / 1000000L,
+		     log_level_names[level], sid != NULL ? sid : "-");
+	if (r > 0)
+		n += (size_t)r;
+	va_start(ap, fmt);
+	r = vsnprintf(line + n, sizeof(line) - n, fmt, ap);
+	va_end(ap);
+	if (r < 0)
+		r = 0;
+	n += (size_t)r;
+	if (n > sizeof(line) - 2)
+		n = sizeof(line) - 2; /* truncated: keep the newline */
+	line[n++] = '\n';
+	/* One write per line keeps lines whole across threads. */
+	ssize_t w = write(STDERR_FILENO, line, n);
+	(void)w;
+}
+
+char *log_escape(char *dst, size_t dstlen, const char *src, size_t srclen)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t o = 0;
+
+	if (dstlen == 0)
+		return dst;
+	for (size_t i = 0; i < srclen; i++) {
+		unsigned char c = (unsigned char)src[i];
+		char esc[4];
+		size_t elen;
+
+		if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
+			esc[0] = '\\';
+			esc[1] = 'x';
+			esc[2] = hex[c >> 4];
+			esc[3] = hex[c & 15];
+			elen = 4;
+		} else {
+			esc[0] = (char)c;
+			elen = 1;
+		}
+		/* keep room for "..." and the NUL */
+		if (o + elen + 4 > dstlen) {
+			if (dstlen >= 4) {
+				memcpy(dst + (o + 4 > dstlen ? dstlen - 4 : o), "...", 3);
+				o = (o + 4 > dstlen ? dstlen - 4 : o) + 3;
+			}
+			break;
+		}
+		memcpy(dst + o, esc, elen);
+		o += elen;
+	}
+	dst[o < dstlen ? o : dstlen - 1] = '\0';
+	return dst;
+}

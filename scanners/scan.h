@@ -1,0 +1,72 @@
+/*
+ * scan.h - the scanner interface: bytes in, a verdict out.
+ *
+ * A scanner knows bytes and nothing about sockets or sessions. The engine
+ * is compiled once and shared read-only by every scan; holders take a
+ * reference (a later reload swaps in a new engine while scans still running
+ * on the old one finish on it). scan_buffer/scan_fd block and are meant for
+ * the libuv thread pool, never the event loop.
+ */
+#ifndef MAILMOAT_SCAN_H
+#define MAILMOAT_SCAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum scan_result { SCAN_CLEAN, SCAN_INFECTED, SCAN_ERROR, SCAN_RESULT_COUNT };
+
+/* "clean", "infected", "error" */
+const char *scan_result_name(enum scan_result r);
+
+#define SCAN_SIG_MAX 256
+#define SCAN_ERR_MAX 256
+
+struct scan_verdict {
+	enum scan_result result;
+	char signature[SCAN_SIG_MAX]; /* INFECTED: the signature name */
+	char error[SCAN_ERR_MAX];     /* ERROR: what went wrong (a limit, a time-out...) */
+	uint64_t scan_ms;             /* wall time of the scan */
+	unsigned db_version;          /* signature database version of the engine */
+};
+
+/* ClamAV's own limits; 0 keeps libclamav's default for that limit. */
+struct scan_limits {
+	uint64_t max_filesize;   /* largest file (or embedded file) scanned */
+	uint64_t max_scansize;   /* most data scanned per message */
+	unsigned max_recursion;  /* archive / MIME nesting depth */
+	unsigned max_files;      /* files inside archives */
+	unsigned max_scantime_ms;
+};
+
+struct scan_engine;
+
+/* Once per process, before any engine: initialises libclamav. */
+int scan_global_init(void);
+
+/*
+ * Loads every database file in dbdir, compiles an engine with the limits,
+ * and logs (one line each) which files were loaded and the signature count,
+ * with a loud warning when only mailmoat's own test set is present. Returns
+ * 0 and a new engine (one reference, the caller's) or -1 with err filled.
+ * Blocking: at start-up, or on the thread pool.
+ */
+int scan_engine_load(const char *dbdir, const struct scan_limits *lim,
+		     struct scan_engine **eng_r, char *err, size_t errlen);
+
+void scan_engine_ref(struct scan_engine *eng);
+/* Drops a reference, NULLs *engp; frees the engine on the last one. */
+void scan_engine_unref(struct scan_engine **engp);
+
+/* Number of signatures compiled into the engine. */
+unsigned scan_engine_signatures(const struct scan_engine *eng);
+
+/*
+ * Scans a whole message held in memory / in a file (read from offset 0).
+ * Always fills *v: a libclamav error, a limit hit or a time-out is a
+ * SCAN_ERROR verdict, never a failure of the call. Thread-safe.
+ */
+void scan_buffer(struct scan_engine *eng, const void *data, size_t len,
+		 struct scan_verdict *v);
+void scan_fd(struct scan_engine *eng, int fd, struct scan_verdict *v);
+
+#endif
