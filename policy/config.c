@@ -1,1 +1,1059 @@
-/* placeholder: being written */
+/*
+ * config.c - loads and validates the YAML configuration (see config.h).
+ *
+ * The file is read whole with libyaml's document API (yaml_parser_load), so
+ * every node carries its line. The document is then walked against static
+ * field tables, one per mapping ("command tables" in the OpenSMTPD sense):
+ * {key, kind, where the value goes, range}. Every key is looked up in its
+ * table; an unknown key, a duplicate key, a value of the wrong YAML type or
+ * out of range is reported as "PATH:LINE: reason" and the walk goes on, so
+ * an admin sees every problem in one run. config_load() fails if any was
+ * found and never hands back a half-checked configuration.
+ *
+ * Called once at start-up (and by "mailmoat -t" style checks) from the main
+ * thread; nothing here is used on the event loop.
+ *
+ * Aliases in the YAML are resolved by libyaml to shared nodes; the walk
+ * only descends along the fixed schema (at most three levels), so a hostile
+ * file cannot make it recurse or expand without bound.
+ */
+#include "policy/config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <yaml.h>
+
+static const char *const protocol_names[] = {
+    [CFG_PROTO_POP3] = "pop3",
+    [CFG_PROTO_IMAP] = "imap",
+};
+_Static_assert(sizeof protocol_names / sizeof protocol_names[0] == CFG_PROTO_COUNT,
+               "protocol_names must name every enum cfg_protocol member");
+
+static const char *const action_names[] = {
+    [POLICY_PASS] = "pass",
+    [POLICY_QUARANTINE] = "quarantine",
+    [POLICY_ABORT] = "abort",
+};
+_Static_assert(sizeof action_names / sizeof action_names[0] == POLICY_ACTION_COUNT,
+               "action_names must name every enum policy_action member");
+
+/* The levels proxy/log.c knows; kept here so policy does not depend on proxy. */
+static const char *const log_level_names[] = {"error", "warn", "info", "debug"};
+#define N_LOG_LEVELS (sizeof log_level_names / sizeof log_level_names[0])
+
+/*
+ * Returns the configuration name of a protocol ("pop3", "imap"), or "?" for
+ * a value outside the enum.
+ */
+const char *cfg_protocol_name(enum cfg_protocol p)
+{
+	if ((unsigned)p >= CFG_PROTO_COUNT)
+		return "?";
+	return protocol_names[p];
+}
+
+/*
+ * Returns the configuration name of an action ("pass", "quarantine",
+ * "abort"), or "?" for a value outside the enum.
+ */
+const char *policy_action_name(enum policy_action a)
+{
+	if ((unsigned)a >= POLICY_ACTION_COUNT)
+		return "?";
+	return action_names[a];
+}
+
+/* ---- defaults ---- */
+
+/* Copies src into dst[cap]; returns -1 (dst untouched) if it does not fit. */
+static int copy_str(char *dst, size_t cap, const char *src, size_t len)
+{
+	if (len >= cap)
+		return -1;
+	memcpy(dst, src, len);
+	dst[len] = '\0';
+	return 0;
+}
+
+#define SET_STR(dst, lit) copy_str((dst), sizeof(dst), (lit), strlen(lit))
+
+/*
+ * Fills cfg with the embedded defaults (the values documented in config.h)
+ * and no listeners. The spool directory is $TMPDIR when it is set, non-empty
+ * and fits, otherwise /tmp. cfg is overwritten whole; nothing is allocated.
+ */
+void config_defaults(struct config *cfg)
+{
+	const char *tmp = getenv("TMPDIR");
+
+	memset(cfg, 0, sizeof(*cfg));
+	SET_STR(cfg->clamav_database, "/var/lib/clamav");
+	cfg->clamav_max_filesize = 100ULL << 20;
+	cfg->clamav_max_scansize = 400ULL << 20;
+	cfg->clamav_max_recursion = 17;
+	cfg->clamav_max_files = 10000;
+	cfg->clamav_max_scantime_ms = 120 * 1000;
+
+	SET_STR(cfg->quarantine_dir, "/var/lib/mailmoat/quarantine");
+
+	cfg->on_malicious = POLICY_QUARANTINE;
+	cfg->on_scan_error = POLICY_QUARANTINE;
+
+	SET_STR(cfg->admin_contact, "your mail administrator");
+
+	cfg->spool_memory_limit = 4ULL << 20;
+	cfg->spool_max_message_size = 512ULL << 20;
+	if (tmp == NULL || *tmp == '\0' || SET_STR(cfg->spool_dir, tmp) < 0)
+		SET_STR(cfg->spool_dir, "/tmp");
+
+	cfg->timeout_client_idle = 600;
+	cfg->timeout_upstream_idle = 600;
+	cfg->timeout_connect = 15;
+	cfg->timeout_shutdown_grace = 10;
+	cfg->timeout_keepalive = 10;
+
+	cfg->max_sessions = 500;
+	cfg->readahead = 2;
+
+	SET_STR(cfg->log_level, "info");
+}
+
+/* ---- numbers and sizes ---- */
+
+/*
+ * Parses a plain unsigned decimal (digits only: no sign, space, base prefix
+ * or exponent) of exactly len bytes. Returns 0, or -1 on syntax error or
+ * overflow of uint64_t.
+ */
+static int parse_u64(const char *s, size_t len, uint64_t *v_r)
+{
+	uint64_t v = 0;
+
+	if (len == 0)
+		return -1;
+	for (size_t i = 0; i < len; i++) {
+		unsigned d;
+
+		if (s[i] < '0' || s[i] > '9')
+			return -1;
+		d = (unsigned)(s[i] - '0');
+		if (v > (UINT64_MAX - d) / 10)
+			return -1;
+		v = v * 10 + d;
+	}
+	*v_r = v;
+	return 0;
+}
+
+/*
+ * Parses a size: decimal digits with an optional K, M or G suffix (either
+ * case; powers of 1024). Empty strings, signs, fractions, unknown suffixes
+ * and results that overflow uint64_t are rejected. Returns 0 and sets
+ * *size_r, or -1 leaving it untouched.
+ */
+int config_parse_size(const char *s, uint64_t *size_r)
+{
+	size_t len = strlen(s);
+	unsigned shift = 0;
+	uint64_t v;
+
+	if (len > 0) {
+		switch (s[len - 1]) {
+		case 'K':
+		case 'k':
+			shift = 10;
+			break;
+		case 'M':
+		case 'm':
+			shift = 20;
+			break;
+		case 'G':
+		case 'g':
+			shift = 30;
+			break;
+		}
+		if (shift != 0)
+			len--;
+	}
+	if (parse_u64(s, len, &v) < 0)
+		return -1;
+	if (v > (UINT64_MAX >> shift))
+		return -1;
+	*size_r = v << shift;
+	return 0;
+}
+
+/* ---- the load context and error reporting ---- */
+
+struct load_ctx {
+	const char *path;
+	FILE *errs;
+	yaml_document_t *doc;
+	struct config *cfg;
+	unsigned n_errors;
+};
+
+static int node_line(const yaml_node_t *n)
+{
+	return (int)n->start_mark.line + 1;
+}
+
+/* Writes one "PATH:LINE: reason" line and counts it. */
+static void report(struct load_ctx *ctx, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void report(struct load_ctx *ctx, int line, const char *fmt, ...)
+{
+	va_list ap;
+
+	ctx->n_errors++;
+	if (ctx->errs == NULL)
+		return;
+	fprintf(ctx->errs, "%s:%d: ", ctx->path, line);
+	va_start(ap, fmt);
+	vfprintf(ctx->errs, fmt, ap);
+	va_end(ap);
+	fputc('\n', ctx->errs);
+}
+
+/*
+ * Makes file text safe to echo in a message: non-printable bytes become
+ * '?', and long text is cut with "...". Returns buf.
+ */
+static const char *shown(char *buf, size_t cap, const char *s, size_t len)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (o + 4 >= cap) {
+			memcpy(buf + o, "...", 3);
+			o += 3;
+			break;
+		}
+		buf[o++] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
+	}
+	buf[o] = '\0';
+	return buf;
+}
+
+static const char *node_kind(const yaml_node_t *n)
+{
+	switch (n->type) {
+	case YAML_SCALAR_NODE:
+		return "a scalar";
+	case YAML_SEQUENCE_NODE:
+		return "a sequence";
+	case YAML_MAPPING_NODE:
+		return "a mapping";
+	default:
+		return "nothing";
+	}
+}
+
+/* A plain empty, "~" or "null" scalar: a key given without a value. */
+static bool is_null(const yaml_node_t *n)
+{
+	static const char *const nulls[] = {"", "~", "null", "Null", "NULL"};
+	const char *v;
+
+	if (n->type != YAML_SCALAR_NODE ||
+	    n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
+		return false;
+	v = (const char *)n->data.scalar.value;
+	for (size_t i = 0; i < sizeof nulls / sizeof nulls[0]; i++)
+		if (strlen(nulls[i]) == n->data.scalar.length && strcmp(v, nulls[i]) == 0)
+			return true;
+	return false;
+}
+
+/* Looks text up in a name table; returns its index or -1. */
+static int lookup_name(const char *const *names, size_t n, const char *text, size_t len)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strlen(names[i]) == len && memcmp(names[i], text, len) == 0)
+			return (int)i;
+	return -1;
+}
+
+/* Formats "a, b, c" from a name table into buf. */
+static const char *list_names(char *buf, size_t cap, const char *const *names, size_t n)
+{
+	size_t o = 0;
+
+	buf[0] = '\0';
+	for (size_t i = 0; i < n && o < cap; i++) {
+		int w = snprintf(buf + o, cap - o, "%s%s", i ? ", " : "", names[i]);
+
+		if (w < 0)
+			break;
+		o += (size_t)w;
+	}
+	return buf;
+}
+
+/* ---- HOST:PORT ---- */
+
+static bool is_dotted_digits(const char *s)
+{
+	for (; *s; s++)
+		if (!(*s == '.' || (*s >= '0' && *s <= '9')))
+			return false;
+	return true;
+}
+
+/* A DNS name: letters, digits, '-', '_' and '.', no empty label. */
+static bool is_hostname(const char *s)
+{
+	size_t label = 0;
+
+	for (; *s; s++) {
+		char c = *s;
+
+		if (c == '.') {
+			if (label == 0)
+				return false;
+			label = 0;
+			continue;
+		}
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		      (c >= '0' && c <= '9') || c == '_' || (c == '-' && label > 0)))
+			return false;
+		if (++label > 63)
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Splits "HOST:PORT" or "[V6ADDR]:PORT" (s of len bytes) into host (brackets
+ * removed) and port. A listen address must be a numeric IPv4 or IPv6
+ * address (it is bound as such); an upstream may also be a host name.
+ * Returns 0, or -1 with *why set to a static reason.
+ */
+static int parse_hostport(const char *s, size_t len, bool numeric_only, char *host,
+                          size_t hostcap, uint16_t *port_r, const char **why)
+{
+	const char *colon, *h;
+	size_t hlen;
+	bool bracketed = false;
+	uint64_t port;
+	unsigned char bin[16];
+
+	if (len > 0 && s[0] == '[') {
+		const char *close = memchr(s, ']', len);
+
+		if (close == NULL) {
+			*why = "missing ']' after the IPv6 address";
+			return -1;
+		}
+		h = s + 1;
+		hlen = (size_t)(close - h);
+		colon = close + 1;
+		if (colon >= s + len || *colon != ':') {
+			*why = "expected [ADDRESS]:PORT";
+			return -1;
+		}
+		bracketed = true;
+	} else {
+		colon = memchr(s, ':', len);
+		if (colon == NULL) {
+			*why = "expected HOST:PORT";
+			return -1;
+		}
+		if (memchr(colon + 1, ':', len - (size_t)(colon + 1 - s)) != NULL) {
+			*why = "an IPv6 address must be in brackets: [ADDRESS]:PORT";
+			return -1;
+		}
+		h = s;
+		hlen = (size_t)(colon - s);
+	}
+	if (parse_u64(colon + 1, len - (size_t)(colon + 1 - s), &port) < 0 || port < 1 ||
+	    port > 65535) {
+		*why = "the port must be a number from 1 to 65535";
+		return -1;
+	}
+	if (hlen == 0) {
+		*why = "the host is empty";
+		return -1;
+	}
+	if (copy_str(host, hostcap, h, hlen) < 0) {
+		*why = "the host is too long";
+		return -1;
+	}
+	if (bracketed) {
+		if (inet_pton(AF_INET6, host, bin) != 1) {
+			*why = "not a valid IPv6 address";
+			return -1;
+		}
+	} else if (inet_pton(AF_INET, host, bin) != 1) {
+		if (numeric_only) {
+			*why = "not a numeric IP address (listen takes an address, not a "
+			       "name)";
+			return -1;
+		}
+		if (is_dotted_digits(host)) {
+			*why = "not a valid IPv4 address";
+			return -1;
+		}
+		if (!is_hostname(host)) {
+			*why = "not a valid host name";
+			return -1;
+		}
+	}
+	*port_r = (uint16_t)port;
+	return 0;
+}
+
+/* ---- field tables ---- */
+
+enum field_kind {
+	FK_SECTION,     /* a nested mapping: sub */
+	FK_LISTENERS,   /* the listeners sequence */
+	FK_STRING,      /* char[len], non-empty */
+	FK_OPT_STRING,  /* char[len], may be empty or null */
+	FK_NAME,        /* char[len], one of names */
+	FK_UINT,        /* unsigned, min..max, stored times scale */
+	FK_SIZE,        /* uint64_t size (K/M/G), min..max */
+	FK_ACTION,      /* enum policy_action */
+	FK_PROTOCOL,    /* enum cfg_protocol */
+	FK_LISTEN_ADDR, /* host char[len] at off, uint16_t port at off2: numeric */
+	FK_HOST_PORT,   /* same, host names allowed */
+};
+
+struct field {
+	const char *key;
+	enum field_kind kind;
+	bool required;
+	size_t off;  /* offset of the value in the struct being filled */
+	size_t len;  /* size of a char[] value */
+	size_t off2; /* FK_LISTEN_ADDR, FK_HOST_PORT: offset of the port */
+	uint64_t min, max;
+	unsigned scale;
+	const struct field *sub;  /* FK_SECTION */
+	const char *const *names; /* FK_NAME */
+	size_t n_names;
+};
+
+/* Most fields one mapping may have; tables are checked against it below. */
+#define FIELDS_MAX 16
+
+#define MEMBER_SIZE(type, m) sizeof(((type *)0)->m)
+#define F_STR(k, m)                                                                      \
+	{                                                                                \
+		.key = k, .kind = FK_STRING, .off = offsetof(struct config, m),          \
+		.len = MEMBER_SIZE(struct config, m)                                     \
+	}
+#define F_UINT(k, m, lo, hi, sc)                                                         \
+	{                                                                                \
+		.key = k, .kind = FK_UINT, .off = offsetof(struct config, m), .min = lo, \
+		.max = hi, .scale = sc                                                   \
+	}
+#define F_SIZE(k, m, lo, hi)                                                             \
+	{                                                                                \
+		.key = k, .kind = FK_SIZE, .off = offsetof(struct config, m), .min = lo, \
+		.max = hi                                                                \
+	}
+#define F_ACTION(k, m)                                                                   \
+	{                                                                                \
+		.key = k, .kind = FK_ACTION, .off = offsetof(struct config, m)           \
+	}
+#define F_SECTION(k, t)                                                                  \
+	{                                                                                \
+		.key = k, .kind = FK_SECTION, .sub = t                                   \
+	}
+#define N_FIELDS(t) (sizeof(t) / sizeof((t)[0]) - 1)
+
+/*
+ * Ranges. libclamav clamps its size limits at 4 GiB, so larger values are
+ * refused rather than silently cut; the spool's in-memory part is a size_t
+ * and stays at most 1 GiB. Timeouts go into libuv timers in milliseconds.
+ */
+#define MAX_CLAM_SIZE ((4ULL << 30) - 1)
+#define MAX_TIMEOUT 86400u
+_Static_assert(UINT_MAX >= MAX_TIMEOUT * 1000ULL, "max_scantime in ms must fit unsigned");
+_Static_assert(UINT_MAX >= UINT32_MAX, "max_files must fit unsigned");
+
+static const struct field listener_fields[] = {
+    {.key = "protocol",
+     .kind = FK_PROTOCOL,
+     .required = true,
+     .off = offsetof(struct cfg_listener, protocol)},
+    {.key = "listen",
+     .kind = FK_LISTEN_ADDR,
+     .required = true,
+     .off = offsetof(struct cfg_listener, listen_host),
+     .len = MEMBER_SIZE(struct cfg_listener, listen_host),
+     .off2 = offsetof(struct cfg_listener, listen_port)},
+    {.key = "upstream",
+     .kind = FK_HOST_PORT,
+     .required = true,
+     .off = offsetof(struct cfg_listener, upstream_host),
+     .len = MEMBER_SIZE(struct cfg_listener, upstream_host),
+     .off2 = offsetof(struct cfg_listener, upstream_port)},
+    {.key = NULL},
+};
+
+static const struct field clamav_fields[] = {
+    F_STR("database", clamav_database),
+    F_SIZE("max_filesize", clamav_max_filesize, 1, MAX_CLAM_SIZE),
+    F_SIZE("max_scansize", clamav_max_scansize, 1, MAX_CLAM_SIZE),
+    F_UINT("max_recursion", clamav_max_recursion, 1, 1000, 1),
+    F_UINT("max_files", clamav_max_files, 1, UINT32_MAX, 1),
+    F_UINT("max_scantime", clamav_max_scantime_ms, 1, MAX_TIMEOUT, 1000),
+    {.key = NULL},
+};
+
+static const struct field scanner_fields[] = {
+    F_SECTION("clamav", clamav_fields),
+    {.key = NULL},
+};
+
+static const struct field quarantine_fields[] = {
+    F_STR("dir", quarantine_dir),
+    {.key = NULL},
+};
+
+static const struct field policy_fields[] = {
+    F_ACTION("on_malicious", on_malicious),
+    F_ACTION("on_scan_error", on_scan_error),
+    {.key = NULL},
+};
+
+static const struct field notice_fields[] = {
+    F_STR("admin_contact", admin_contact),
+    {.key = NULL},
+};
+
+static const struct field spool_fields[] = {
+    /* 0: every message goes straight to the spill file */
+    F_SIZE("memory_limit", spool_memory_limit, 0, 1ULL << 30),
+    F_SIZE("max_message_size", spool_max_message_size, 1, UINT64_MAX),
+    F_STR("dir", spool_dir),
+    {.key = NULL},
+};
+
+static const struct field timeout_fields[] = {
+    F_UINT("client_idle", timeout_client_idle, 1, MAX_TIMEOUT, 1),
+    F_UINT("upstream_idle", timeout_upstream_idle, 1, MAX_TIMEOUT, 1),
+    F_UINT("connect", timeout_connect, 1, MAX_TIMEOUT, 1),
+    F_UINT("shutdown_grace", timeout_shutdown_grace, 0, MAX_TIMEOUT, 1),
+    /* 0: no progress notes */
+    F_UINT("keepalive", timeout_keepalive, 0, MAX_TIMEOUT, 1),
+    {.key = NULL},
+};
+
+static const struct field limit_fields[] = {
+    F_UINT("max_sessions", max_sessions, 1, 1000000, 1),
+    F_UINT("readahead", readahead, 1, 1000, 1),
+    {.key = NULL},
+};
+
+static const struct field top_fields[] = {
+    {.key = "listeners", .kind = FK_LISTENERS, .required = true},
+    F_SECTION("scanner", scanner_fields),
+    F_SECTION("quarantine", quarantine_fields),
+    F_SECTION("policy", policy_fields),
+    F_SECTION("notice", notice_fields),
+    F_SECTION("spool", spool_fields),
+    F_SECTION("timeouts", timeout_fields),
+    F_SECTION("limits", limit_fields),
+    {.key = "user",
+     .kind = FK_OPT_STRING,
+     .off = offsetof(struct config, run_as),
+     .len = MEMBER_SIZE(struct config, run_as)},
+    {.key = "log_level",
+     .kind = FK_NAME,
+     .off = offsetof(struct config, log_level),
+     .len = MEMBER_SIZE(struct config, log_level),
+     .names = log_level_names,
+     .n_names = N_LOG_LEVELS},
+    {.key = NULL},
+};
+
+_Static_assert(N_FIELDS(top_fields) <= FIELDS_MAX, "top_fields too long");
+_Static_assert(N_FIELDS(clamav_fields) <= FIELDS_MAX, "clamav_fields too long");
+_Static_assert(N_FIELDS(listener_fields) <= FIELDS_MAX, "listener_fields too long");
+_Static_assert(N_FIELDS(timeout_fields) <= FIELDS_MAX, "timeout_fields too long");
+
+/* ---- the walk ---- */
+
+static void walk_mapping(struct load_ctx *ctx, const yaml_node_t *map,
+                         const struct field *table, void *base, const char *section);
+
+/*
+ * Checks that n is a scalar and not null; returns its text or NULL after
+ * reporting why not.
+ */
+static const char *want_scalar(struct load_ctx *ctx, const yaml_node_t *n,
+                               const char *name, size_t *len_r)
+{
+	if (n->type != YAML_SCALAR_NODE) {
+		report(ctx, node_line(n), "%s: expected a single value, found %s", name,
+		       node_kind(n));
+		return NULL;
+	}
+	if (is_null(n)) {
+		report(ctx, node_line(n), "%s: missing value", name);
+		return NULL;
+	}
+	*len_r = n->data.scalar.length;
+	return (const char *)n->data.scalar.value;
+}
+
+/*
+ * Stores a string value. Security: control characters (CR and LF above
+ * all) are refused in every string, since some of them end up in notice
+ * messages and log lines.
+ */
+static void set_string(struct load_ctx *ctx, const struct field *f, const yaml_node_t *n,
+                       char *dst, const char *name)
+{
+	const char *v;
+	size_t len;
+
+	if (f->kind == FK_OPT_STRING && is_null(n)) {
+		dst[0] = '\0';
+		return;
+	}
+	v = want_scalar(ctx, n, name, &len);
+	if (v == NULL)
+		return;
+	for (size_t i = 0; i < len; i++) {
+		if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f) {
+			report(ctx, node_line(n),
+			       "%s: control characters are not allowed", name);
+			return;
+		}
+	}
+	if (len == 0 && f->kind != FK_OPT_STRING) {
+		report(ctx, node_line(n), "%s: must not be empty", name);
+		return;
+	}
+	if (copy_str(dst, f->len, v, len) < 0)
+		report(ctx, node_line(n), "%s: too long (at most %zu bytes)", name,
+		       f->len - 1);
+}
+
+static void set_named(struct load_ctx *ctx, const struct field *f, const yaml_node_t *n,
+                      void *dst, const char *name)
+{
+	const char *const *names = f->names;
+	size_t n_names = f->n_names;
+	char allowed[128], sbuf[64];
+	const char *v;
+	size_t len;
+	int idx;
+
+	if (f->kind == FK_ACTION) {
+		names = action_names;
+		n_names = POLICY_ACTION_COUNT;
+	} else if (f->kind == FK_PROTOCOL) {
+		names = protocol_names;
+		n_names = CFG_PROTO_COUNT;
+	}
+	v = want_scalar(ctx, n, name, &len);
+	if (v == NULL)
+		return;
+	idx = lookup_name(names, n_names, v, len);
+	if (idx < 0) {
+		report(ctx, node_line(n), "%s: unknown value '%s' (allowed: %s)", name,
+		       shown(sbuf, sizeof sbuf, v, len),
+		       list_names(allowed, sizeof allowed, names, n_names));
+		return;
+	}
+	if (f->kind == FK_ACTION)
+		*(enum policy_action *)dst = (enum policy_action)idx;
+	else if (f->kind == FK_PROTOCOL)
+		*(enum cfg_protocol *)dst = (enum cfg_protocol)idx;
+	else
+		copy_str(dst, f->len, names[idx], strlen(names[idx]));
+}
+
+static void set_number(struct load_ctx *ctx, const struct field *f, const yaml_node_t *n,
+                       void *dst, const char *name)
+{
+	char buf[64], sbuf[64];
+	const char *v;
+	size_t len;
+	uint64_t x;
+
+	v = want_scalar(ctx, n, name, &len);
+	if (v == NULL)
+		return;
+	if (f->kind == FK_SIZE) {
+		/* config_parse_size wants a C string; a size never needs 63 bytes */
+		bool ok = len < sizeof buf && memchr(v, '\0', len) == NULL;
+
+		if (ok) {
+			memcpy(buf, v, len);
+			buf[len] = '\0';
+			ok = config_parse_size(buf, &x) == 0;
+		}
+		if (!ok) {
+			report(ctx, node_line(n),
+			       "%s: invalid size '%s' (a whole number with an optional "
+			       "K, M or "
+			       "G suffix)",
+			       name, shown(sbuf, sizeof sbuf, v, len));
+			return;
+		}
+	} else if (parse_u64(v, len, &x) < 0) {
+		bool digits = len > 0 && strspn(v, "0123456789") == len;
+
+		report(ctx, node_line(n), "%s: '%s' is %s", name,
+		       shown(sbuf, sizeof sbuf, v, len),
+		       digits ? "too large" : "not a whole number");
+		return;
+	}
+	if (x < f->min || x > f->max) {
+		report(ctx, node_line(n), "%s: %llu is out of range (%llu to %llu)", name,
+		       (unsigned long long)x, (unsigned long long)f->min,
+		       (unsigned long long)f->max);
+		return;
+	}
+	if (f->kind == FK_SIZE) {
+		*(uint64_t *)dst = x;
+	} else {
+		/* every table range keeps max * scale within unsigned (86400 * 1000) */
+		*(unsigned *)dst = (unsigned)(x * (f->scale ? f->scale : 1));
+	}
+}
+
+static void set_address(struct load_ctx *ctx, const struct field *f, const yaml_node_t *n,
+                        void *base, const char *name)
+{
+	char sbuf[80];
+	const char *v, *why = NULL;
+	size_t len;
+	uint16_t port;
+
+	v = want_scalar(ctx, n, name, &len);
+	if (v == NULL)
+		return;
+	if (memchr(v, '\0', len) != NULL ||
+	    parse_hostport(v, len, f->kind == FK_LISTEN_ADDR, (char *)base + f->off,
+	                   f->len, &port, &why) < 0) {
+		((char *)base + f->off)[0] = '\0';
+		report(ctx, node_line(n), "%s: bad address '%s': %s", name,
+		       shown(sbuf, sizeof sbuf, v, len), why ? why : "embedded NUL");
+		return;
+	}
+	*(uint16_t *)((char *)base + f->off2) = port;
+}
+
+static void load_listeners(struct load_ctx *ctx, const yaml_node_t *seq);
+
+/* Stores one value according to its field. */
+static void apply_field(struct load_ctx *ctx, const struct field *f, const yaml_node_t *n,
+                        void *base, const char *name)
+{
+	void *dst = (char *)base + f->off;
+
+	switch (f->kind) {
+	case FK_SECTION:
+		if (is_null(n))
+			return; /* an empty section keeps every default */
+		if (n->type != YAML_MAPPING_NODE) {
+			report(ctx, node_line(n), "'%s' must be a mapping, found %s",
+			       name, node_kind(n));
+			return;
+		}
+		walk_mapping(ctx, n, f->sub, base, name);
+		return;
+	case FK_LISTENERS:
+		load_listeners(ctx, n);
+		return;
+	case FK_STRING:
+	case FK_OPT_STRING:
+		set_string(ctx, f, n, dst, name);
+		return;
+	case FK_NAME:
+	case FK_ACTION:
+	case FK_PROTOCOL:
+		set_named(ctx, f, n, dst, name);
+		return;
+	case FK_UINT:
+	case FK_SIZE:
+		set_number(ctx, f, n, dst, name);
+		return;
+	case FK_LISTEN_ADDR:
+	case FK_HOST_PORT:
+		set_address(ctx, f, n, base, name);
+		return;
+	}
+}
+
+/*
+ * Walks one mapping against its table. section is the dotted path used in
+ * messages ("" at the top level). Unknown and duplicate keys are reported
+ * at the key's line; a missing required key at the mapping's line.
+ */
+static void walk_mapping(struct load_ctx *ctx, const yaml_node_t *map,
+                         const struct field *table, void *base, const char *section)
+{
+	int seen[FIELDS_MAX] = {0};
+	const yaml_node_pair_t *p;
+	char name[128], sbuf[64];
+	size_t nf;
+
+	for (nf = 0; table[nf].key != NULL; nf++)
+		;
+	for (p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+		const yaml_node_t *k = yaml_document_get_node(ctx->doc, p->key);
+		const yaml_node_t *v = yaml_document_get_node(ctx->doc, p->value);
+		const char *key;
+		size_t klen;
+		int idx;
+
+		if (k == NULL || v == NULL)
+			continue;
+		if (k->type != YAML_SCALAR_NODE) {
+			report(ctx, node_line(k), "a key in '%s' is %s, not a name",
+			       *section ? section : "the top level", node_kind(k));
+			continue;
+		}
+		key = (const char *)k->data.scalar.value;
+		klen = k->data.scalar.length;
+		idx = -1;
+		for (size_t i = 0; i < nf; i++) {
+			if (strlen(table[i].key) == klen &&
+			    memcmp(table[i].key, key, klen) == 0) {
+				idx = (int)i;
+				break;
+			}
+		}
+		if (idx < 0) {
+			if (*section)
+				report(ctx, node_line(k), "unknown key '%s' in '%s'",
+				       shown(sbuf, sizeof sbuf, key, klen), section);
+			else
+				report(ctx, node_line(k), "unknown top-level key '%s'",
+				       shown(sbuf, sizeof sbuf, key, klen));
+			continue;
+		}
+		if (seen[idx]) {
+			report(ctx, node_line(k),
+			       "duplicate key '%s' in '%s' (first at line %d)",
+			       table[idx].key, *section ? section : "the top level",
+			       seen[idx]);
+			continue;
+		}
+		seen[idx] = node_line(k);
+		snprintf(name, sizeof name, "%s%s%s", section, *section ? "." : "",
+		         table[idx].key);
+		apply_field(ctx, &table[idx], v, base, name);
+	}
+	for (size_t i = 0; i < nf; i++) {
+		if (!table[i].required || seen[i])
+			continue;
+		if (*section)
+			report(ctx, node_line(map), "missing key '%s' in '%s'",
+			       table[i].key, section);
+		else
+			report(ctx, node_line(map), "missing top-level key '%s'",
+			       table[i].key);
+	}
+}
+
+/* Parses a numeric listen host into family and address bytes, for comparing. */
+static int listen_key(const struct cfg_listener *l, unsigned char bin[16])
+{
+	memset(bin, 0, 16);
+	if (inet_pton(AF_INET, l->listen_host, bin) == 1)
+		return AF_INET;
+	if (inet_pton(AF_INET6, l->listen_host, bin) == 1)
+		return AF_INET6;
+	return -1;
+}
+
+/*
+ * Loads the listeners sequence into cfg->listeners (allocated here, even
+ * when some items are bad, so config_free has one path). Two listeners on
+ * the same address and port are an error at the second one.
+ */
+static void load_listeners(struct load_ctx *ctx, const yaml_node_t *seq)
+{
+	struct config *cfg = ctx->cfg;
+	const yaml_node_item_t *it;
+	size_t n;
+
+	if (seq->type != YAML_SEQUENCE_NODE || is_null(seq)) {
+		report(ctx, node_line(seq),
+		       "'listeners' must be a sequence of listeners, found %s",
+		       is_null(seq) ? "nothing" : node_kind(seq));
+		return;
+	}
+	n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
+	if (n == 0) {
+		report(ctx, node_line(seq),
+		       "'listeners' is empty: at least one is required");
+		return;
+	}
+	if (n > UINT_MAX) {
+		report(ctx, node_line(seq), "'listeners': too many");
+		return;
+	}
+	cfg->listeners = calloc(n, sizeof(*cfg->listeners));
+	if (cfg->listeners == NULL) {
+		report(ctx, node_line(seq), "out of memory");
+		return;
+	}
+	cfg->n_listeners = (unsigned)n;
+	it = seq->data.sequence.items.start;
+	for (size_t i = 0; i < n; i++, it++) {
+		const yaml_node_t *item = yaml_document_get_node(ctx->doc, *it);
+		struct cfg_listener *l = &cfg->listeners[i];
+		char name[48];
+
+		snprintf(name, sizeof name, "listeners[%zu]", i);
+		if (item == NULL)
+			continue;
+		l->line = node_line(item);
+		if (item->type != YAML_MAPPING_NODE) {
+			report(ctx, node_line(item),
+			       "'%s' must be a mapping (protocol, listen, upstream), "
+			       "found %s",
+			       name, node_kind(item));
+			continue;
+		}
+		walk_mapping(ctx, item, listener_fields, l, name);
+	}
+	for (size_t i = 1; i < n; i++) {
+		unsigned char a[16], b[16];
+		int fa;
+
+		if (cfg->listeners[i].listen_port == 0)
+			continue; /* missing or already reported */
+		fa = listen_key(&cfg->listeners[i], a);
+		for (size_t j = 0; j < i; j++) {
+			if (cfg->listeners[j].listen_port !=
+			        cfg->listeners[i].listen_port ||
+			    listen_key(&cfg->listeners[j], b) != fa ||
+			    memcmp(a, b, 16) != 0)
+				continue;
+			report(ctx, cfg->listeners[i].line,
+			       "listeners[%zu]: duplicate listen address %s%s%s:%u "
+			       "(first at "
+			       "line %d)",
+			       i, fa == AF_INET6 ? "[" : "",
+			       cfg->listeners[i].listen_host, fa == AF_INET6 ? "]" : "",
+			       cfg->listeners[i].listen_port, cfg->listeners[j].line);
+			break;
+		}
+	}
+}
+
+/* Reports a libyaml parser failure with its line. */
+static void report_yaml_error(struct load_ctx *ctx, const yaml_parser_t *parser)
+{
+	int line;
+
+	if (parser->error == YAML_MEMORY_ERROR) {
+		report(ctx, (int)parser->mark.line + 1, "out of memory reading the file");
+		return;
+	}
+	if (parser->error == YAML_READER_ERROR)
+		line = (int)parser->mark.line + 1;
+	else
+		line = (int)parser->problem_mark.line + 1;
+	if (parser->context != NULL)
+		report(ctx, line, "YAML syntax error: %s (%s started at line %d)",
+		       parser->problem ? parser->problem : "unknown problem",
+		       parser->context, (int)parser->context_mark.line + 1);
+	else
+		report(ctx, line, "YAML syntax error: %s",
+		       parser->problem ? parser->problem : "unknown problem");
+}
+
+/*
+ * Loads and validates path (see config.h). Every problem found is written
+ * to errs (may be NULL) as "PATH:LINE: reason"; a file that cannot be
+ * opened gives "PATH: reason". Returns 0 with a new config in *cfg_r that
+ * the caller frees with config_free, or -1 with *cfg_r set to NULL.
+ */
+int config_load(const char *path, struct config **cfg_r, FILE *errs)
+{
+	struct load_ctx ctx = {.path = path, .errs = errs};
+	yaml_parser_t parser;
+	yaml_document_t doc, extra;
+	const yaml_node_t *root;
+	FILE *f;
+
+	*cfg_r = NULL;
+	f = fopen(path, "rb");
+	if (f == NULL) {
+		if (errs != NULL)
+			fprintf(errs, "%s: cannot open: %s\n", path, strerror(errno));
+		return -1;
+	}
+	ctx.cfg = malloc(sizeof(*ctx.cfg));
+	if (ctx.cfg == NULL || !yaml_parser_initialize(&parser)) {
+		if (errs != NULL)
+			fprintf(errs, "%s: out of memory\n", path);
+		free(ctx.cfg);
+		fclose(f);
+		return -1;
+	}
+	config_defaults(ctx.cfg);
+	yaml_parser_set_input_file(&parser, f);
+
+	if (!yaml_parser_load(&parser, &doc)) {
+		report_yaml_error(&ctx, &parser);
+		goto out_parser;
+	}
+	ctx.doc = &doc;
+	root = yaml_document_get_root_node(&doc);
+	if (root == NULL) {
+		report(&ctx, 1, "the file is empty: at least 'listeners' is required");
+	} else if (root->type != YAML_MAPPING_NODE) {
+		report(&ctx, node_line(root),
+		       "the top level must be a mapping of sections, found %s",
+		       node_kind(root));
+	} else {
+		walk_mapping(&ctx, root, top_fields, ctx.cfg, "");
+	}
+	/* a second document ("---") would be silently ignored: refuse it */
+	if (root != NULL) {
+		if (!yaml_parser_load(&parser, &extra)) {
+			report_yaml_error(&ctx, &parser);
+		} else {
+			const yaml_node_t *r2 = yaml_document_get_root_node(&extra);
+
+			if (r2 != NULL)
+				report(
+				    &ctx, node_line(r2),
+				    "more than one YAML document: only one is allowed");
+			yaml_document_delete(&extra);
+		}
+	}
+	yaml_document_delete(&doc);
+out_parser:
+	yaml_parser_delete(&parser);
+	fclose(f);
+	if (ctx.n_errors > 0) {
+		config_free(&ctx.cfg);
+		return -1;
+	}
+	*cfg_r = ctx.cfg;
+	return 0;
+}
+
+/* Frees cfg and its listeners; NULLs *cfgp. Accepts NULL and *cfgp == NULL. */
+void config_free(struct config **cfgp)
+{
+	if (cfgp == NULL || *cfgp == NULL)
+		return;
+	free((*cfgp)->listeners);
+	free(*cfgp);
+	*cfgp = NULL;
+}

@@ -56,7 +56,7 @@ struct config {
 	char admin_contact[CFG_TEXT_MAX];     /* admin_contact (default "your mail administrator") */
 
 	/* spool */
-	uint64_t spool_memory_limit;          /* memory_limit (default 4M) */
+	uint64_t spool_memory_limit;          /* memory_limit (default 4M; 0..1G, 0 = always a file) */
 	uint64_t spool_max_message_size;      /* max_message_size (default 512M) */
 	char spool_dir[CFG_PATH_MAX];         /* dir (default $TMPDIR or /tmp) */
 
@@ -65,7 +65,7 @@ struct config {
 	unsigned timeout_upstream_idle;       /* upstream_idle (default 600) */
 	unsigned timeout_connect;             /* connect (default 15) */
 	unsigned timeout_shutdown_grace;      /* shutdown_grace (default 10) */
-	unsigned timeout_keepalive;           /* keepalive: progress notes to a waiting client (default 10) */
+	unsigned timeout_keepalive;           /* keepalive: progress notes to a waiting client (default 10; 0 = none) */
 
 	/* limits */
 	unsigned max_sessions;                /* limits.max_sessions (default 500) */
@@ -75,6 +75,14 @@ struct config {
 	char run_as[CFG_HOST_MAX];            /* user: drop privileges to it after binding */
 	char log_level[16];                   /* log_level: error|warn|info|debug (default info) */
 };
+
+/*
+ * Ranges config_load enforces: clamav sizes 1..4G-1 (libclamav's cap),
+ * max_recursion 1..1000, max_files >= 1, timeouts and max_scantime
+ * 1..86400 s (shutdown_grace and keepalive may be 0), max_sessions
+ * 1..1000000, readahead 1..1000, max_message_size >= 1. A listen host is a
+ * numeric address stored without brackets ("::1"); run_as "" means stay.
+ */
 
 /* Fills cfg with the embedded defaults and no listeners. */
 void config_defaults(struct config *cfg);
