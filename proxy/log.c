@@ -17,7 +17,7 @@ static enum log_level log_level_cur = LOG_LVL_INFO;
 
 static const char *const log_level_names[] = {"error", "warn", "info", "debug"};
 _Static_assert(sizeof(log_level_names) / sizeof(log_level_names[0]) == LOG_LVL_COUNT,
-	       "log level names");
+               "log level names");
 
 void log_set_level(enum log_level level)
 {
@@ -50,7 +50,7 @@ void log_msg(enum log_level level, const char *sid, const char *fmt, ...)
 	gmtime_r(&ts.tv_sec, &tm);
 	n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
 	r = snprintf(line + n, sizeof(line) - n, ".%03ldZ %s %s ", ts.tv_nsec / 1000000L,
-		     log_level_names[level], sid != NULL ? sid : "-");
+	             log_level_names[level], sid != NULL ? sid : "-");
 	if (r > 0)
 		n += (size_t)r;
 	va_start(ap, fmt);

@@ -1,1 +1,113 @@
-/* placeholder: being written */
+/*
+ * main.c - the mailmoat command line (a contract: scripts rely on it).
+ *
+ *   mailmoat --config FILE        run in the foreground, log to stderr
+ *   mailmoat --check-config FILE  exit 0 when FILE is valid, else print
+ *                                 "FILE:LINE: reason" lines and exit 1
+ *   mailmoat --version | --help
+ *
+ * Start-up order: configuration, libclamav and GMime, the engine (fatal if
+ * no database loads), the quarantine directory, then the listeners; the
+ * server drops privileges after binding.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "policy/config.h"
+#include "policy/notice.h"
+#include "policy/quarantine.h"
+#include "proxy/log.h"
+#include "proxy/server.h"
+#include "scanners/scan.h"
+
+static void main_usage(FILE *f)
+{
+	fprintf(f, "usage: mailmoat --config FILE\n"
+	           "       mailmoat --check-config FILE\n"
+	           "       mailmoat --version\n");
+}
+
+/* Runs the daemon until it is stopped; returns the process exit code. */
+static int main_run(const char *path)
+{
+	struct config *cfg = NULL;
+	struct scan_engine *engine = NULL;
+	struct scan_limits lim;
+	struct server srv;
+	enum log_level lvl;
+	char err[512];
+	uv_loop_t *loop = uv_default_loop();
+	int r;
+
+	if (config_load(path, &cfg, stderr) < 0)
+		return 1;
+	if (log_level_parse(cfg->log_level, &lvl) == 0)
+		log_set_level(lvl);
+	log_msg(LOG_LVL_INFO, NULL, "mailmoat %s starting config=%s", MAILMOAT_VERSION,
+	        path);
+	if (scan_global_init() < 0) {
+		config_free(&cfg);
+		return 1;
+	}
+	notice_global_init();
+	memset(&lim, 0, sizeof(lim));
+	lim.max_filesize = cfg->clamav_max_filesize;
+	lim.max_scansize = cfg->clamav_max_scansize;
+	lim.max_recursion = cfg->clamav_max_recursion;
+	lim.max_files = cfg->clamav_max_files;
+	lim.max_scantime_ms = cfg->clamav_max_scantime_ms;
+	if (scan_engine_load(cfg->clamav_database, &lim, &engine, err, sizeof(err)) < 0) {
+		log_msg(LOG_LVL_ERROR, NULL, "cannot start: %s", err);
+		config_free(&cfg);
+		return 1;
+	}
+	r = quar_prepare(cfg->quarantine_dir);
+	if (r < 0) {
+		log_msg(LOG_LVL_ERROR, NULL, "cannot start: quarantine dir %s: %s",
+		        cfg->quarantine_dir, strerror(-r));
+		scan_engine_unref(&engine);
+		config_free(&cfg);
+		return 1;
+	}
+	r = server_start(&srv, loop, cfg, engine);
+	scan_engine_unref(&engine); /* the server holds its own reference */
+	if (r == 0) {
+		log_msg(LOG_LVL_INFO, NULL, "ready");
+		uv_run(loop, UV_RUN_DEFAULT);
+		log_msg(LOG_LVL_INFO, NULL, "stopped");
+	} else {
+		server_stop(&srv);
+		uv_run(loop, UV_RUN_DEFAULT);
+	}
+	server_cleanup(&srv);
+	uv_loop_close(loop);
+	config_free(&cfg);
+	return r == 0 ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 3 && strcmp(argv[1], "--config") == 0)
+		return main_run(argv[2]);
+	if (argc == 3 && strcmp(argv[1], "--check-config") == 0) {
+		struct config *cfg = NULL;
+
+		if (config_load(argv[2], &cfg, stderr) < 0)
+			return 1;
+		config_free(&cfg);
+		printf("%s: configuration OK\n", argv[2]);
+		return 0;
+	}
+	if (argc == 2 && strcmp(argv[1], "--version") == 0) {
+		printf("mailmoat %s\n", MAILMOAT_VERSION);
+		return 0;
+	}
+	if (argc == 2 && strcmp(argv[1], "--help") == 0) {
+		main_usage(stdout);
+		return 0;
+	}
+	main_usage(stderr);
+	return 2;
+}

@@ -1,1 +1,1415 @@
-/* placeholder: being written */
+/*
+ * pop3_session.c - one POP3 client, its upstream connection, and the
+ * ordered queue of responses between them (RFC 1939, RFC 2449, RFC 5034).
+ *
+ * Every client command becomes a slot in a FIFO, in the order the client
+ * sent it, and is forwarded upstream at once (pipelining, RFC 2449 section
+ * 6.6). Upstream responses arrive in the same order and are matched to the
+ * slots:
+ *
+ *   pass-through slots (greeting, single-line answers, LIST/UIDL listings)
+ *     are relayed byte for byte, but only while they are at the head of the
+ *     queue: otherwise upstream parsing pauses, so order is kept without
+ *     buffering them;
+ *   capture slots (RETR, TOP, CAPA) are captured whole into a spool even
+ *     when not at the head (read-ahead, up to limits.readahead messages),
+ *     scanned on the thread pool, and sent when they reach the head: the
+ *     original (re-dot-stuffed: byte-identical for a server that stuffs as
+ *     RFC 1939 requires), the notice in its place, an -ERR, or a closed
+ *     connection (policy "abort").
+ *
+ * Slot states: WAIT (upstream response not started) -> RECV -> SCAN ->
+ * READY -> SEND -> freed. Nothing half-received is ever sent as complete:
+ * a message is only sent after its terminator arrived.
+ *
+ * Ownership: the session owns both TCP handles and its timer (handle->data
+ * points back); closing marks the session, closes every handle, and the
+ * last close callback frees it. Scan jobs know only the session id.
+ * Memory per session is bounded by its two input buffers, one captured
+ * message per read-ahead slot (spilling to a temp file past the spool
+ * memory limit), and the client write high-water mark.
+ */
+#include "proxy/pop3_session.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <strings.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "policy/policy.h"
+#include "proxy/log.h"
+#include "proxy/msgjob.h"
+#include "proxy/pop3_parse.h"
+#include "proxy/server.h"
+#include "proxy/spool.h"
+
+#define P3_CIN_MAX 16384         /* client input buffer */
+#define P3_UIN_MAX 65536         /* upstream input buffer */
+#define P3_SLOTS_MAX 64          /* commands in flight before client reads pause */
+#define P3_WQ_HIGH (256u * 1024) /* client output queued before sending pauses */
+#define P3_CHUNK 32768           /* spool bytes stuffed per client write */
+#define P3_CAPA_MAX 16384        /* a CAPA listing longer than this is an error */
+#define P3_MSG_MAX (1u << 20)    /* message numbers remembered per session */
+
+enum p3_kind {
+	P3K_GREETING, /* the server's greeting */
+	P3K_SINGLE,   /* a single-line answer relayed as is */
+	P3K_MULTI,    /* a multi-line listing relayed as is (LIST, UIDL, AUTH) */
+	P3K_AUTH,     /* AUTH mech: "+ " continues the SASL exchange */
+	P3K_SASL,     /* a client SASL response line */
+	P3K_QUIT,
+	P3K_CAPA,  /* captured and filtered */
+	P3K_RETR,  /* captured and scanned */
+	P3K_TOP,   /* captured (as RETR when unscanned) and scanned */
+	P3K_LOCAL, /* answered by the proxy, never sent upstream */
+	P3K_COUNT
+};
+
+enum p3_state { P3S_WAIT, P3S_RECV, P3S_SCAN, P3S_READY, P3S_SEND, P3S_COUNT };
+
+enum p3_out {
+	P3O_LINE,  /* out_status only */
+	P3O_SPOOL, /* out_status, then out_spool dot-stuffed, then the terminator */
+	P3O_ABORT, /* close the client connection here */
+};
+
+/* What the session remembers of a message number (RFC 1939: stable per session). */
+struct p3_msg {
+	uint64_t list_size;   /* from STAT-less LIST answers, 0 = unknown */
+	char uidl[72];        /* RFC 1939: at most 70 characters */
+	int known;            /* 0 unknown, 1 clean, 2 quarantined */
+	struct spool *notice; /* known == 2: the substitute served */
+	char quar_id[QUAR_ID_MAX];
+};
+
+struct p3_slot {
+	struct p3_slot *next;
+	uint64_t seq;
+	enum p3_kind kind;
+	enum p3_state state;
+	unsigned long msgno; /* RETR / TOP / LIST n / UIDL n argument, 0 if none */
+	unsigned long top_lines;
+	int listing;       /* P3K_MULTI: 1 LIST, 2 UIDL, 0 other */
+	int upstream_retr; /* a TOP that was sent upstream as RETR */
+	int discard;       /* known quarantined: the captured copy is not needed */
+	int close_after;   /* close the client once this slot is sent */
+	const char *login; /* PASS / APOP: log the outcome under this method */
+
+	/* capture */
+	struct spool *spool;
+	char status[POP3_STATUS_MAX];
+	size_t status_len;
+	int crlf_term;
+
+	/* output */
+	enum p3_out out;
+	struct spool *out_spool;
+	char out_status[POP3_STATUS_MAX + 64];
+	size_t out_status_len;
+	char tag[320]; /* "pass" despite a bad verdict: header put in front */
+	size_t tag_len;
+	int limit_top; /* serve only the header and top_lines body lines */
+	int out_crlf;
+
+	/* send progress */
+	uint64_t off;
+	struct pop3_stuffer st;
+	int tag_sent;
+	int top_at_line_start, top_in_header, top_done;
+	unsigned long top_left;
+
+	/* listing line assembly (LIST / UIDL multi-line) */
+	char lbuf[160];
+	size_t llen;
+};
+
+struct pop3_session {
+	struct session_base base; /* first: server.c sees only this */
+	uv_tcp_t client;
+	uv_tcp_t upstream;
+	uv_timer_t timer;
+	uv_getaddrinfo_t gai;
+	uv_connect_t connreq;
+	int open_handles;
+	int closing;
+	int up_state; /* 0 resolving, 1 connecting, 2 connected, 3 gone */
+	int client_reading, upstream_reading;
+	int stop_when_idle;    /* shutdown asked: end once the queue is empty */
+	int close_after_flush; /* close once queued client output is written */
+	int in_run;            /* re-entrancy guard of p3_run */
+	int sasl;              /* the next client line is a SASL response */
+	int authed;
+	uint64_t last_client_ms, last_upstream_ms, start_ms;
+
+	char cin[P3_CIN_MAX];
+	size_t cin_len;
+	char uin[P3_UIN_MAX];
+	size_t uin_len;
+	struct pop3_cmd_parser cp;
+	struct pop3_resp_parser rp;
+
+	struct p3_slot *head, *tail;
+	struct p3_slot *ucur; /* first slot whose upstream answer is not complete */
+	unsigned nslots;
+	uint64_t slot_seq;
+	size_t client_wq; /* bytes queued on the client socket */
+
+	struct p3_msg *msgs; /* indexed by message number */
+	unsigned long nmsgs;
+
+	char user[128];
+	char peer[64];
+	char upstream_name[300];
+};
+
+struct p3_write {
+	uv_write_t req;
+	struct pop3_session *s;
+	size_t len;
+	int to_client;
+	char data[];
+};
+
+static void p3_run(struct pop3_session *s);
+static void p3_close(struct pop3_session *s, const char *reason);
+
+static uint64_t p3_now(struct pop3_session *s)
+{
+	return uv_now(s->base.srv->loop);
+}
+
+static const struct config *p3_cfg(struct pop3_session *s)
+{
+	return s->base.srv->cfg;
+}
+
+/* ------------------------------------------------------------------ */
+/* closing                                                             */
+
+static void p3_free_slot(struct p3_slot *sl)
+{
+	spool_unref(&sl->spool);
+	spool_unref(&sl->out_spool);
+	free(sl);
+}
+
+/*
+ * Drops one of the things that keep the session's memory alive (its three
+ * handles and a pending name lookup); the last one frees the session.
+ */
+static void p3_release(struct pop3_session *s)
+{
+	if (--s->open_handles > 0)
+		return;
+	while (s->head != NULL) {
+		struct p3_slot *sl = s->head;
+
+		s->head = sl->next;
+		p3_free_slot(sl);
+	}
+	for (unsigned long i = 0; i < s->nmsgs; i++)
+		spool_unref(&s->msgs[i].notice);
+	free(s->msgs);
+	server_session_remove(s->base.srv, &s->base);
+	free(s);
+}
+
+static void p3_on_handle_closed(uv_handle_t *h)
+{
+	p3_release(h->data);
+}
+
+/*
+ * Ends the session: every handle is closed, the session is freed by the
+ * last close callback. Scan jobs still running find no session by id and
+ * drop their result. Idempotent.
+ */
+static void p3_close(struct pop3_session *s, const char *reason)
+{
+	if (s->closing)
+		return;
+	s->closing = 1;
+	log_msg(LOG_LVL_INFO, s->base.sid, "pop3 close user=%s reason=\"%s\" pending=%u",
+	        s->user[0] ? s->user : "-", reason, s->nslots);
+	if (s->up_state == 0)
+		uv_cancel((uv_req_t *)&s->gai);
+	uv_close((uv_handle_t *)&s->client, p3_on_handle_closed);
+	uv_close((uv_handle_t *)&s->upstream, p3_on_handle_closed);
+	uv_close((uv_handle_t *)&s->timer, p3_on_handle_closed);
+}
+
+static void p3_force_close(struct session_base *sb, const char *reason)
+{
+	p3_close((struct pop3_session *)sb, reason);
+}
+
+static void p3_shutdown(struct session_base *sb)
+{
+	struct pop3_session *s = (struct pop3_session *)sb;
+
+	s->stop_when_idle = 1;
+	if (s->nslots == 0 && s->client_wq == 0)
+		p3_close(s, "shutdown");
+}
+
+/* ------------------------------------------------------------------ */
+/* writing                                                             */
+
+static void p3_on_write(uv_write_t *req, int status)
+{
+	struct p3_write *w = (struct p3_write *)req;
+	struct pop3_session *s = w->s;
+	int to_client = w->to_client;
+
+	if (to_client)
+		s->client_wq -= w->len;
+	free(w);
+	if (s->closing)
+		return;
+	if (status < 0) {
+		p3_close(s, to_client ? "client write failed" : "upstream write failed");
+		return;
+	}
+	p3_run(s);
+}
+
+/* Queues a copy of len bytes on the client or upstream socket. */
+static int p3_write(struct pop3_session *s, int to_client, const char *data, size_t len)
+{
+	struct p3_write *w;
+	uv_buf_t b;
+	int r;
+
+	if (len == 0)
+		return 0;
+	w = malloc(sizeof(*w) + len);
+	if (w == NULL) {
+		p3_close(s, "out of memory");
+		return -1;
+	}
+	w->s = s;
+	w->len = len;
+	w->to_client = to_client;
+	memcpy(w->data, data, len);
+	b = uv_buf_init(w->data, (unsigned)len);
+	r = uv_write(&w->req, (uv_stream_t *)(to_client ? &s->client : &s->upstream), &b,
+	             1, p3_on_write);
+	if (r < 0) {
+		free(w);
+		p3_close(s, uv_strerror(r));
+		return -1;
+	}
+	if (to_client)
+		s->client_wq += len;
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* message table                                                       */
+
+/* The entry of message number n, created on demand; NULL when out of range. */
+static struct p3_msg *p3_msg(struct pop3_session *s, unsigned long n)
+{
+	if (n == 0 || n > P3_MSG_MAX)
+		return NULL;
+	if (n >= s->nmsgs) {
+		unsigned long nn = s->nmsgs != 0 ? s->nmsgs : 64;
+		struct p3_msg *m;
+
+		while (nn <= n)
+			nn *= 2;
+		m = realloc(s->msgs, nn * sizeof(*m));
+		if (m == NULL)
+			return NULL;
+		memset(m + s->nmsgs, 0, (nn - s->nmsgs) * sizeof(*m));
+		s->msgs = m;
+		s->nmsgs = nn;
+	}
+	return &s->msgs[n];
+}
+
+/* Records "n size" (LIST) or "n uid" (UIDL) from a listing or single answer. */
+static void p3_record_listing(struct pop3_session *s, int listing, const char *line,
+                              size_t len)
+{
+	char tmp[160];
+	char *end;
+	unsigned long n;
+	struct p3_msg *m;
+
+	if (len >= sizeof(tmp))
+		return;
+	memcpy(tmp, line, len);
+	tmp[len] = '\0';
+	n = strtoul(tmp, &end, 10);
+	if (end == tmp || *end != ' ' || (m = p3_msg(s, n)) == NULL)
+		return;
+	while (*end == ' ')
+		end++;
+	if (listing == 1) {
+		m->list_size = strtoull(end, NULL, 10);
+	} else {
+		size_t ul = strcspn(end, " \r\n");
+
+		if (ul >= sizeof(m->uidl))
+			ul = sizeof(m->uidl) - 1;
+		memcpy(m->uidl, end, ul);
+		m->uidl[ul] = '\0';
+	}
+}
+
+/* Feeds unstuffed listing bytes to the line assembler of a LIST / UIDL slot. */
+static void p3_listing_data(struct pop3_session *s, struct p3_slot *sl, const char *d,
+                            size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		if (d[i] == '\n') {
+			if (sl->llen < sizeof(sl->lbuf))
+				p3_record_listing(s, sl->listing, sl->lbuf, sl->llen);
+			sl->llen = 0;
+		} else if (sl->llen < sizeof(sl->lbuf)) {
+			sl->lbuf[sl->llen++] = d[i];
+		}
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* slots                                                               */
+
+static struct p3_slot *p3_slot_add(struct pop3_session *s, enum p3_kind kind)
+{
+	struct p3_slot *sl = calloc(1, sizeof(*sl));
+
+	if (sl == NULL) {
+		p3_close(s, "out of memory");
+		return NULL;
+	}
+	sl->kind = kind;
+	sl->seq = ++s->slot_seq;
+	if (s->tail != NULL)
+		s->tail->next = sl;
+	else
+		s->head = sl;
+	s->tail = sl;
+	if (s->ucur == NULL && kind != P3K_LOCAL)
+		s->ucur = sl;
+	s->nslots++;
+	return sl;
+}
+
+static void p3_slot_pop_head(struct pop3_session *s)
+{
+	struct p3_slot *sl = s->head;
+
+	s->head = sl->next;
+	if (s->tail == sl)
+		s->tail = NULL;
+	if (s->ucur == sl)
+		s->ucur = NULL;
+	s->nslots--;
+	p3_free_slot(sl);
+}
+
+/* Moves the upstream cursor to the next slot that expects an upstream answer. */
+static void p3_ucur_advance(struct pop3_session *s)
+{
+	struct p3_slot *sl = s->ucur != NULL ? s->ucur->next : NULL;
+
+	while (sl != NULL && sl->kind == P3K_LOCAL)
+		sl = sl->next;
+	s->ucur = sl;
+}
+
+static int p3_is_capture(enum p3_kind k)
+{
+	return k == P3K_RETR || k == P3K_TOP || k == P3K_CAPA;
+}
+
+/* Captured messages held (being received, scanned, or waiting to be sent). */
+static unsigned p3_held(struct pop3_session *s)
+{
+	unsigned n = 0;
+
+	for (struct p3_slot *sl = s->head; sl != NULL && sl != s->ucur; sl = sl->next)
+		if ((sl->kind == P3K_RETR || sl->kind == P3K_TOP) &&
+		    sl->state >= P3S_SCAN)
+			n++;
+	return n;
+}
+
+static void p3_set_line(struct p3_slot *sl, const char *line)
+{
+	sl->out = P3O_LINE;
+	sl->out_status_len = strlen(line);
+	memcpy(sl->out_status, line, sl->out_status_len);
+	sl->state = P3S_READY;
+}
+
+/* ------------------------------------------------------------------ */
+/* capture results                                                     */
+
+/* Serves the original as captured (re-stuffed), optionally tagged. */
+static void p3_serve_original(struct p3_slot *sl)
+{
+	sl->out = P3O_SPOOL;
+	sl->out_spool = sl->spool;
+	spool_ref(sl->out_spool);
+	sl->out_crlf = sl->crlf_term;
+	if (sl->kind == P3K_TOP && sl->upstream_retr) {
+		sl->limit_top = 1;
+		sl->out_status_len =
+		    (size_t)snprintf(sl->out_status, sizeof(sl->out_status),
+		                     "+OK top of message follows\r\n");
+	} else {
+		memcpy(sl->out_status, sl->status, sl->status_len);
+		sl->out_status_len = sl->status_len;
+	}
+	sl->state = P3S_READY;
+}
+
+/* Serves the notice that stands in for a quarantined message. */
+static void p3_serve_notice(struct p3_slot *sl, struct spool *notice)
+{
+	sl->out = P3O_SPOOL;
+	sl->out_spool = notice;
+	spool_ref(notice);
+	sl->out_crlf = 1;
+	if (sl->kind == P3K_TOP) {
+		sl->limit_top = 1;
+		sl->out_status_len =
+		    (size_t)snprintf(sl->out_status, sizeof(sl->out_status),
+		                     "+OK top of message follows\r\n");
+	} else {
+		sl->out_status_len = (size_t)snprintf(
+		    sl->out_status, sizeof(sl->out_status), "+OK %llu octets\r\n",
+		    (unsigned long long)spool_size(notice));
+	}
+	sl->state = P3S_READY;
+}
+
+static struct p3_slot *p3_slot_by_seq(struct pop3_session *s, uint64_t seq)
+{
+	for (struct p3_slot *sl = s->head; sl != NULL; sl = sl->next)
+		if (sl->seq == seq)
+			return sl;
+	return NULL;
+}
+
+/* The scan job of a captured message is back (on the loop thread). */
+static void p3_job_done(struct session_base *sb, struct msgjob *job)
+{
+	struct pop3_session *s = (struct pop3_session *)sb;
+	struct p3_slot *sl = p3_slot_by_seq(s, job->tag);
+	const struct scan_verdict *v = &job->verdict;
+	struct p3_msg *m;
+	char sig[SCAN_SIG_MAX + SCAN_ERR_MAX];
+
+	if (s->closing || sl == NULL) {
+		msgjob_free(&job);
+		return;
+	}
+	m = p3_msg(s, sl->msgno);
+	log_escape(sig, sizeof(sig), v->result == SCAN_INFECTED ? v->signature : v->error,
+	           strlen(v->result == SCAN_INFECTED ? v->signature : v->error));
+	log_msg(LOG_LVL_INFO, s->base.sid,
+	        "pop3 user=%s msg=%lu uidl=%s size=%llu verdict=%s signature=\"%s\" "
+	        "action=%s id=%s scan_ms=%llu",
+	        s->user[0] ? s->user : "-", sl->msgno,
+	        m != NULL && m->uidl[0] ? m->uidl : "-",
+	        (unsigned long long)spool_size(sl->spool), scan_result_name(v->result),
+	        sig,
+	        v->result == SCAN_CLEAN ? "deliver" : policy_action_name(job->action),
+	        job->quar_id[0] ? job->quar_id : "-", (unsigned long long)v->scan_ms);
+
+	switch (job->action) {
+	case POLICY_PASS:
+		if (v->result != SCAN_CLEAN)
+			sl->tag_len = policy_tag_header(v, sl->tag, sizeof(sl->tag));
+		else if (m != NULL)
+			m->known = 1;
+		p3_serve_original(sl);
+		break;
+	case POLICY_ABORT:
+		sl->out = P3O_ABORT;
+		sl->state = P3S_READY;
+		break;
+	case POLICY_QUARANTINE: {
+		struct spool *nsp = NULL;
+
+		if (!job->quar_failed) {
+			const struct config *cfg = p3_cfg(s);
+
+			nsp =
+			    spool_new((size_t)cfg->spool_memory_limit, cfg->spool_dir, 0);
+			if (nsp == NULL ||
+			    spool_append(nsp, job->notice, job->notice_len) < 0 ||
+			    spool_freeze(nsp) < 0) {
+				spool_unref(&nsp);
+				snprintf(job->quar_err, sizeof(job->quar_err),
+				         "cannot spool the notice");
+			}
+		}
+		if (nsp == NULL) {
+			/* The original could not be kept: never substitute then (no
+			 * loss). */
+			log_msg(LOG_LVL_ERROR, s->base.sid,
+			        "pop3 msg=%lu quarantine failed: %s; message held back",
+			        sl->msgno, job->quar_err);
+			p3_set_line(sl, "-ERR [SYS/TEMP] mailmoat: message held back, "
+			                "quarantine unavailable\r\n");
+			break;
+		}
+		p3_serve_notice(sl, nsp);
+		if (m != NULL) {
+			spool_unref(&m->notice);
+			m->notice = nsp;
+			m->known = 2;
+			snprintf(m->quar_id, sizeof(m->quar_id), "%s", job->quar_id);
+		} else {
+			spool_unref(&nsp);
+		}
+		break;
+	}
+	default:
+		p3_set_line(sl, "-ERR [SYS/TEMP] mailmoat: internal error\r\n");
+		break;
+	}
+	/* the original is no longer needed once the notice stands in */
+	if (sl->out_spool != sl->spool)
+		spool_unref(&sl->spool);
+	msgjob_free(&job);
+	p3_run(s);
+}
+
+/* A capture slot received its whole answer: decide what happens next. */
+static void p3_capture_complete(struct pop3_session *s, struct p3_slot *sl)
+{
+	struct p3_msg *m = p3_msg(s, sl->msgno);
+	const struct config *cfg = p3_cfg(s);
+	struct msgjob *job;
+
+	if (spool_freeze(sl->spool) < 0) {
+		p3_set_line(sl, "-ERR [SYS/TEMP] mailmoat: spool write failed\r\n");
+		return;
+	}
+	if (sl->kind == P3K_CAPA) {
+		/*
+		 * Drop what the proxy cannot mediate: STLS would hand the byte
+		 * stream to a TLS session we cannot read (RFC 2595 section 4).
+		 */
+		struct spool *f = spool_new(P3_CAPA_MAX * 2, NULL, 0);
+		char buf[P3_CAPA_MAX];
+		ssize_t n = spool_pread(sl->spool, buf, sizeof(buf), 0);
+		size_t i = 0;
+
+		if (f == NULL || n < 0) {
+			spool_unref(&f);
+			p3_set_line(sl, "-ERR [SYS/TEMP] mailmoat: out of memory\r\n");
+			return;
+		}
+		while (i < (size_t)n) {
+			char *nl = memchr(buf + i, '\n', (size_t)n - i);
+			size_t ll =
+			    nl != NULL ? (size_t)(nl - (buf + i)) + 1 : (size_t)n - i;
+
+			if (!(ll >= 4 && strncasecmp(buf + i, "STLS", 4) == 0 &&
+			      (ll == 4 || buf[i + 4] == '\r' || buf[i + 4] == '\n' ||
+			       buf[i + 4] == ' ')))
+				spool_append(f, buf + i, ll);
+			i += ll;
+		}
+		spool_freeze(f);
+		spool_unref(&sl->spool);
+		sl->spool = f;
+		p3_serve_original(sl);
+		return;
+	}
+	if (m != NULL && m->known == 2 && m->notice != NULL) {
+		log_msg(LOG_LVL_INFO, s->base.sid,
+		        "pop3 user=%s msg=%lu uidl=%s verdict=known action=notice id=%s",
+		        s->user[0] ? s->user : "-", sl->msgno, m->uidl[0] ? m->uidl : "-",
+		        m->quar_id);
+		spool_unref(&sl->spool);
+		p3_serve_notice(sl, m->notice);
+		return;
+	}
+	if (m != NULL && m->known == 1) {
+		p3_serve_original(sl);
+		return;
+	}
+	job = msgjob_new(s->base.srv, &s->base, sl->spool, p3_job_done);
+	if (job == NULL) {
+		p3_set_line(sl, "-ERR [SYS/TEMP] mailmoat: out of memory\r\n");
+		return;
+	}
+	job->tag = sl->seq;
+	snprintf(job->protocol, sizeof(job->protocol), "pop3");
+	snprintf(job->user, sizeof(job->user), "%s", s->user);
+	snprintf(job->upstream, sizeof(job->upstream), "%s", s->upstream_name);
+	snprintf(job->message, sizeof(job->message), "msg=%lu uidl=%s", sl->msgno,
+	         m != NULL && m->uidl[0] ? m->uidl : "-");
+	/* Pad to what LIST told the client, so size-trusting clients keep working. */
+	job->pad_to =
+	    m != NULL && m->list_size != 0 ? m->list_size : spool_size(sl->spool);
+	if (spool_overflowed(sl->spool)) {
+		job->skip_scan = 1;
+		job->verdict.result = SCAN_ERROR;
+		snprintf(job->verdict.error, sizeof(job->verdict.error),
+		         "message larger than spool.max_message_size (%llu)",
+		         (unsigned long long)cfg->spool_max_message_size);
+	}
+	if (msgjob_submit(job) < 0) {
+		msgjob_free(&job);
+		p3_set_line(sl, "-ERR [SYS/TEMP] mailmoat: cannot scan\r\n");
+		return;
+	}
+	sl->state = P3S_SCAN;
+}
+
+/* ------------------------------------------------------------------ */
+/* upstream answers                                                    */
+
+/*
+ * The upstream connection ended or broke. Answers already complete are
+ * still delivered; the first incomplete one becomes an -ERR and the client
+ * connection is closed after it. A multi-line listing that was half relayed
+ * cannot be completed honestly, so the client is closed at once.
+ */
+static void p3_upstream_failed(struct pop3_session *s, const char *why)
+{
+	struct p3_slot *sl = s->ucur;
+
+	if (s->up_state == 3)
+		return;
+	s->up_state = 3;
+	/* after QUIT the upstream closing is the normal end */
+	log_msg(s->close_after_flush && s->ucur == NULL ? LOG_LVL_DEBUG : LOG_LVL_WARN,
+	        s->base.sid, "pop3 upstream=%s lost: %s pending=%u", s->upstream_name,
+	        why, s->nslots);
+	if (s->upstream_reading) {
+		uv_read_stop((uv_stream_t *)&s->upstream);
+		s->upstream_reading = 0;
+	}
+	if (sl == NULL) {
+		/* answers still queued or being written go out first */
+		s->close_after_flush = 1;
+		return;
+	}
+	if (sl == s->head && sl->state == P3S_RECV && !p3_is_capture(sl->kind)) {
+		p3_close(s, "upstream lost mid-response");
+		return;
+	}
+	spool_unref(&sl->spool);
+	p3_set_line(sl, "-ERR [SYS/TEMP] mailmoat: upstream connection lost\r\n");
+	sl->close_after = 1;
+	s->ucur = NULL;
+}
+
+/* Starts the answer of slot sl: tells the parser what to expect. */
+static void p3_answer_begin(struct pop3_session *s, struct p3_slot *sl)
+{
+	int multi = sl->kind == P3K_MULTI || p3_is_capture(sl->kind);
+
+	pop3_resp_expect(&s->rp, multi);
+	sl->state = P3S_RECV;
+	if (p3_is_capture(sl->kind)) {
+		const struct config *cfg = p3_cfg(s);
+
+		sl->spool = spool_new((size_t)cfg->spool_memory_limit, cfg->spool_dir,
+		                      sl->kind == P3K_CAPA ? P3_CAPA_MAX
+		                                           : cfg->spool_max_message_size);
+	}
+}
+
+/* Handles a complete single-line answer of a pass-through slot. */
+static void p3_passthrough_status(struct pop3_session *s, struct p3_slot *sl,
+                                  const struct pop3_resp_event *ev)
+{
+	if (sl->kind == P3K_AUTH || sl->kind == P3K_SASL) {
+		s->sasl = ev->status == POP3_ST_CONT;
+		if (ev->status == POP3_ST_OK)
+			s->authed = 1;
+		if (ev->status != POP3_ST_CONT)
+			log_msg(LOG_LVL_INFO, s->base.sid,
+			        "pop3 login user=%s method=sasl result=%s",
+			        s->user[0] ? s->user : "-",
+			        ev->status == POP3_ST_OK ? "ok" : "failed");
+	} else if (sl->login != NULL) {
+		if (ev->status == POP3_ST_OK)
+			s->authed = 1;
+		log_msg(LOG_LVL_INFO, s->base.sid,
+		        "pop3 login user=%s method=%s result=%s",
+		        s->user[0] ? s->user : "-", sl->login,
+		        ev->status == POP3_ST_OK ? "ok" : "failed");
+	} else if (sl->listing != 0 && ev->status == POP3_ST_OK && !ev->multiline &&
+	           ev->len > 4) {
+		/* "+OK n size" / "+OK n uid" answers to LIST n / UIDL n */
+		p3_record_listing(s, sl->listing, ev->data + 4, ev->len - 4);
+	}
+}
+
+/*
+ * Parses what the upstream sent, slot by slot. Returns 1 when it made
+ * progress. Pauses (returns 0 with bytes left) when the answer at the
+ * cursor must wait: a pass-through answer that is not at the head, a
+ * capture beyond the read-ahead window, or a full client write queue.
+ */
+static int p3_upstream_input(struct pop3_session *s)
+{
+	size_t pos = 0;
+	int progress = 0;
+
+	while (pos < s->uin_len && s->ucur != NULL && !s->closing) {
+		struct p3_slot *sl = s->ucur;
+		struct pop3_resp_event ev;
+		size_t used = 0;
+		int r;
+
+		if (!p3_is_capture(sl->kind)) {
+			if (sl != s->head || s->client_wq >= P3_WQ_HIGH)
+				break;
+		} else if (sl->state == P3S_WAIT && sl != s->head &&
+		           p3_held(s) >= p3_cfg(s)->readahead) {
+			break;
+		}
+		if (sl->state == P3S_WAIT) {
+			p3_answer_begin(s, sl);
+			if (p3_is_capture(sl->kind) && sl->spool == NULL) {
+				p3_close(s, "out of memory");
+				return 0;
+			}
+		}
+		r = pop3_resp_feed(&s->rp, s->uin + pos, s->uin_len - pos, &used, &ev);
+		if (r == POP3_ERROR) {
+			char why[128];
+
+			snprintf(why, sizeof(why), "protocol error: %s",
+			         pop3_resp_error(&s->rp));
+			s->uin_len = 0;
+			p3_upstream_failed(s, why);
+			return 1;
+		}
+		if (!p3_is_capture(sl->kind))
+			p3_write(s, 1, s->uin + pos, used); /* relayed byte for byte */
+		pos += used;
+		progress = 1;
+		if (r == POP3_NEED_MORE)
+			break;
+		switch (ev.type) {
+		case POP3_EV_STATUS:
+			if (p3_is_capture(sl->kind)) {
+				memcpy(sl->status, ev.data, ev.len);
+				sl->status_len = ev.len;
+				if (!ev.multiline) {
+					/* -ERR: relay the line itself */
+					spool_unref(&sl->spool);
+					memcpy(sl->out_status, ev.data, ev.len);
+					sl->out_status_len = ev.len;
+					sl->out = P3O_LINE;
+					sl->state = P3S_READY;
+					p3_ucur_advance(s);
+				}
+			} else {
+				p3_passthrough_status(s, sl, &ev);
+				if (sl->kind == P3K_QUIT)
+					s->close_after_flush = 1;
+				if (!ev.multiline) {
+					p3_ucur_advance(s);
+					p3_slot_pop_head(s);
+				}
+			}
+			break;
+		case POP3_EV_DATA:
+			if (p3_is_capture(sl->kind)) {
+				int ar = spool_append(sl->spool, ev.data, ev.len);
+
+				if (ar < 0 && ar != -EFBIG) {
+					log_msg(LOG_LVL_ERROR, s->base.sid,
+					        "spool write failed: %s", strerror(-ar));
+					p3_close(s, "spool write failed");
+					return 0;
+				}
+			} else if (sl->listing != 0) {
+				p3_listing_data(s, sl, ev.data, ev.len);
+			}
+			break;
+		case POP3_EV_END:
+			if (p3_is_capture(sl->kind)) {
+				sl->crlf_term = ev.crlf_term;
+				p3_ucur_advance(s);
+				p3_capture_complete(s, sl);
+			} else {
+				p3_ucur_advance(s);
+				p3_slot_pop_head(s);
+			}
+			break;
+		default:
+			break;
+		}
+	}
+	if (pos > 0) {
+		memmove(s->uin, s->uin + pos, s->uin_len - pos);
+		s->uin_len -= pos;
+	}
+	if (s->ucur == NULL && s->uin_len > 0 && s->up_state == 2) {
+		/* RFC 1939 has no unsolicited responses */
+		s->uin_len = 0;
+		p3_upstream_failed(s, "unsolicited data from upstream");
+		progress = 1;
+	}
+	return progress;
+}
+
+/* ------------------------------------------------------------------ */
+/* sending captured answers                                            */
+
+/*
+ * TOP from a whole message (RFC 1939 section 7): the header, the blank
+ * line, then top_lines lines of the body. Returns how many of the len bytes
+ * belong to the output and sets top_done when the limit is reached.
+ */
+static size_t p3_top_take(struct p3_slot *sl, const char *d, size_t len)
+{
+	size_t i = 0;
+
+	while (i < len && !sl->top_done) {
+		if (sl->top_in_header) {
+			char c = d[i++];
+
+			if (c == '\n') {
+				if (sl->top_at_line_start) {
+					sl->top_in_header = 0;
+					if (sl->top_left == 0)
+						sl->top_done = 1;
+				}
+				sl->top_at_line_start = 1;
+			} else if (c != '\r' || !sl->top_at_line_start) {
+				sl->top_at_line_start = 0;
+			}
+		} else {
+			const char *nl = memchr(d + i, '\n', len - i);
+
+			if (nl == NULL)
+				return len;
+			i = (size_t)(nl - d) + 1;
+			if (--sl->top_left == 0)
+				sl->top_done = 1;
+		}
+	}
+	return i;
+}
+
+/*
+ * Sends as much of the head slot's answer as the write queue allows.
+ * Returns 1 when the slot has been sent completely.
+ */
+static int p3_send_slot(struct pop3_session *s, struct p3_slot *sl)
+{
+	static char in[P3_CHUNK];
+	static char out[2 * P3_CHUNK + 8];
+
+	if (sl->state == P3S_READY) {
+		sl->state = P3S_SEND;
+		if (sl->out == P3O_ABORT)
+			return 1;
+		if (p3_write(s, 1, sl->out_status, sl->out_status_len) < 0)
+			return 0;
+		if (sl->out == P3O_LINE)
+			return 1;
+		pop3_stuff_init(&sl->st);
+		sl->top_in_header = 1;
+		sl->top_at_line_start = 1;
+		sl->top_left = sl->top_lines;
+	}
+	while (s->client_wq < P3_WQ_HIGH && !s->closing) {
+		ssize_t n;
+		size_t take, o;
+
+		if (sl->tag_len > 0 && !sl->tag_sent) {
+			o = pop3_stuff(&sl->st, sl->tag, sl->tag_len, out);
+			sl->tag_sent = 1;
+			if (p3_write(s, 1, out, o) < 0)
+				return 0;
+			continue;
+		}
+		n = sl->top_done ? 0
+		                 : spool_pread(sl->out_spool, in, sizeof(in), sl->off);
+		if (n < 0) {
+			log_msg(LOG_LVL_ERROR, s->base.sid, "spool read failed: %s",
+			        strerror((int)-n));
+			p3_close(s, "spool read failed");
+			return 0;
+		}
+		if (n == 0) {
+			o = pop3_stuff_finish(&sl->st, sl->out_crlf, out);
+			p3_write(s, 1, out, o);
+			return 1;
+		}
+		take = sl->limit_top ? p3_top_take(sl, in, (size_t)n) : (size_t)n;
+		o = pop3_stuff(&sl->st, in, take, out);
+		sl->off += take;
+		if (p3_write(s, 1, out, o) < 0)
+			return 0;
+	}
+	return 0;
+}
+
+/* Sends ready answers at the head of the queue, in order. Returns progress. */
+static int p3_flush(struct pop3_session *s)
+{
+	int progress = 0;
+
+	while (s->head != NULL && !s->closing && !s->close_after_flush) {
+		struct p3_slot *sl = s->head;
+
+		if (sl->state != P3S_READY && sl->state != P3S_SEND)
+			break;
+		if (sl->out == P3O_ABORT) {
+			log_msg(
+			    LOG_LVL_WARN, s->base.sid,
+			    "pop3 msg=%lu policy=abort: closing the client connection",
+			    sl->msgno);
+			s->close_after_flush = 1;
+			progress = 1;
+			break;
+		}
+		if (!p3_send_slot(s, sl))
+			break;
+		progress = 1;
+		if (sl->close_after || sl->kind == P3K_QUIT)
+			s->close_after_flush = 1;
+		p3_slot_pop_head(s);
+	}
+	return progress;
+}
+
+/* ------------------------------------------------------------------ */
+/* client commands                                                     */
+
+/* Keeps the login name for logs and quarantine metadata (never the secret). */
+static void p3_set_user(struct pop3_session *s, const char *name, size_t len)
+{
+	log_escape(s->user, sizeof(s->user), name, len);
+}
+
+/* The authentication identity of an AUTH PLAIN initial response (RFC 4616). */
+static void p3_user_from_plain(struct pop3_session *s, const char *b64, size_t len)
+{
+	unsigned char dec[512];
+	int n;
+	const unsigned char *authcid, *end;
+
+	if (len == 0 || len > 680 || (len == 1 && b64[0] == '='))
+		return;
+	n = EVP_DecodeBlock(dec, (const unsigned char *)b64, (int)len);
+	if (n <= 0)
+		return;
+	/* message = [authzid] NUL authcid NUL passwd: keep authcid only */
+	end = dec + n;
+	authcid = memchr(dec, '\0', (size_t)n);
+	if (authcid == NULL)
+		return;
+	authcid++;
+	const unsigned char *nul = memchr(authcid, '\0', (size_t)(end - authcid));
+	if (nul != NULL)
+		p3_set_user(s, (const char *)authcid, (size_t)(nul - authcid));
+	OPENSSL_cleanse(dec, sizeof(dec));
+}
+
+/* True when the upstream answer of the newest slot decides how to read on. */
+static int p3_client_held(struct pop3_session *s)
+{
+	return s->tail != NULL &&
+	       (s->tail->kind == P3K_AUTH || s->tail->kind == P3K_SASL);
+}
+
+/* One client line: make its slot and forward it upstream. */
+static void p3_command(struct pop3_session *s, const struct pop3_cmd *cmd)
+{
+	const char *v = cmd->verb;
+	char args[64];
+	char *end;
+	struct p3_slot *sl;
+	enum p3_kind kind = P3K_SINGLE;
+	unsigned long n1 = 0, n2 = 0;
+	int nargs = 0, listing = 0, to_retr = 0;
+	const char *login = NULL;
+	size_t al = cmd->args_len < sizeof(args) - 1 ? cmd->args_len : sizeof(args) - 1;
+
+	memcpy(args, cmd->args, al);
+	args[al] = '\0';
+	if (args[0] != '\0') {
+		n1 = strtoul(args, &end, 10);
+		nargs = end != args ? 1 : 0;
+		if (nargs && *end == ' ') {
+			char *e2;
+
+			n2 = strtoul(end + 1, &e2, 10);
+			nargs = e2 != end + 1 ? 2 : 1;
+		}
+	}
+
+	if (s->sasl) {
+		/* RFC 5034 section 4: a SASL response line; never logged */
+		s->sasl = 0;
+		kind = P3K_SASL;
+	} else if (strcmp(v, "RETR") == 0) {
+		kind = P3K_RETR;
+	} else if (strcmp(v, "TOP") == 0) {
+		struct p3_msg *m = nargs == 2 ? p3_msg(s, n1) : NULL;
+
+		kind = P3K_TOP;
+		/* RFC 1939 allows TOP before RETR: scan the whole message first */
+		to_retr = nargs == 2 && (m == NULL || m->known == 0);
+	} else if (strcmp(v, "LIST") == 0 || strcmp(v, "UIDL") == 0) {
+		listing = v[0] == 'L' ? 1 : 2;
+		kind = cmd->args_len == 0 ? P3K_MULTI : P3K_SINGLE;
+	} else if (strcmp(v, "CAPA") == 0) {
+		kind = P3K_CAPA;
+	} else if (strcmp(v, "AUTH") == 0) {
+		/* bare AUTH lists mechanisms (RFC 1734 usage) */
+		kind = cmd->args_len == 0 ? P3K_MULTI : P3K_AUTH;
+		const char *sp = memchr(cmd->args, ' ', cmd->args_len);
+		if (sp != NULL && cmd->args_len >= 5 &&
+		    strncasecmp(cmd->args, "PLAIN", 5) == 0)
+			p3_user_from_plain(s, sp + 1,
+			                   cmd->args_len - (size_t)(sp + 1 - cmd->args));
+	} else if (strcmp(v, "QUIT") == 0) {
+		kind = P3K_QUIT;
+	} else if (strcmp(v, "STLS") == 0) {
+		kind = P3K_LOCAL;
+	} else if (strcmp(v, "USER") == 0) {
+		p3_set_user(s, cmd->args, cmd->args_len);
+	} else if (strcmp(v, "PASS") == 0) {
+		login = "pass";
+	} else if (strcmp(v, "APOP") == 0) {
+		const char *sp = memchr(cmd->args, ' ', cmd->args_len);
+
+		login = "apop";
+		p3_set_user(s, cmd->args,
+		            sp != NULL ? (size_t)(sp - cmd->args) : cmd->args_len);
+	}
+
+	sl = p3_slot_add(s, kind);
+	if (sl == NULL)
+		return;
+	sl->listing = listing;
+	sl->login = login;
+	if (kind == P3K_RETR || kind == P3K_TOP)
+		sl->msgno = nargs >= 1 ? n1 : 0;
+	if (kind == P3K_TOP) {
+		sl->top_lines = n2;
+		sl->upstream_retr = to_retr;
+	}
+	if (kind == P3K_LOCAL) {
+		/* STLS (RFC 2595) needs TLS on the client side: not offered here */
+		p3_set_line(sl, "-ERR STLS is not available through this proxy\r\n");
+		return;
+	}
+	if (to_retr) {
+		char line[40];
+		int ll = snprintf(line, sizeof(line), "RETR %lu\r\n", n1);
+
+		p3_write(s, 0, line, (size_t)ll);
+	} else {
+		p3_write(s, 0, cmd->line, cmd->line_len);
+	}
+}
+
+/* Parses buffered client input into commands while the queue has room. */
+static int p3_client_input(struct pop3_session *s)
+{
+	size_t pos = 0;
+	int progress = 0;
+
+	while (pos < s->cin_len && !s->closing && s->up_state == 2 &&
+	       !s->stop_when_idle && s->nslots < P3_SLOTS_MAX && !p3_client_held(s)) {
+		struct pop3_cmd cmd;
+		size_t used = 0;
+		int r =
+		    pop3_cmd_feed(&s->cp, s->cin + pos, s->cin_len - pos, &used, &cmd);
+
+		pos += used;
+		progress = 1;
+		if (r == POP3_NEED_MORE)
+			break;
+		if (r == POP3_ERROR) {
+			struct p3_slot *sl = p3_slot_add(s, P3K_LOCAL);
+
+			if (sl != NULL)
+				p3_set_line(sl, "-ERR line too long\r\n");
+			continue;
+		}
+		p3_command(s, &cmd);
+	}
+	if (pos > 0) {
+		memmove(s->cin, s->cin + pos, s->cin_len - pos);
+		s->cin_len -= pos;
+	}
+	return progress;
+}
+
+/* ------------------------------------------------------------------ */
+/* reading                                                             */
+
+static void p3_alloc_client(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	struct pop3_session *s = h->data;
+
+	*buf = uv_buf_init(s->cin + s->cin_len, (unsigned)(sizeof(s->cin) - s->cin_len));
+}
+
+static void p3_alloc_upstream(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	struct pop3_session *s = h->data;
+
+	*buf = uv_buf_init(s->uin + s->uin_len, (unsigned)(sizeof(s->uin) - s->uin_len));
+}
+
+static void p3_on_client_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
+{
+	struct pop3_session *s = st->data;
+
+	if (s->closing)
+		return;
+	if (n < 0) {
+		p3_close(s, n == UV_EOF ? "client closed" : uv_strerror((int)n));
+		return;
+	}
+	s->cin_len += (size_t)n;
+	s->last_client_ms = p3_now(s);
+	p3_run(s);
+}
+
+static void p3_on_upstream_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
+{
+	struct pop3_session *s = st->data;
+
+	if (s->closing)
+		return;
+	if (n < 0) {
+		p3_upstream_failed(s, n == UV_EOF ? "connection closed"
+		                                  : uv_strerror((int)n));
+		p3_run(s);
+		return;
+	}
+	s->uin_len += (size_t)n;
+	s->last_upstream_ms = p3_now(s);
+	p3_run(s);
+}
+
+/* Starts or stops reading each side by the room in its input buffer. */
+static void p3_update_reading(struct pop3_session *s)
+{
+	int want_c = s->cin_len < sizeof(s->cin);
+	int want_u = s->up_state == 2 && s->uin_len < sizeof(s->uin);
+
+	if (want_c != s->client_reading) {
+		if (want_c)
+			uv_read_start((uv_stream_t *)&s->client, p3_alloc_client,
+			              p3_on_client_read);
+		else
+			uv_read_stop((uv_stream_t *)&s->client);
+		s->client_reading = want_c;
+	}
+	if (want_u != s->upstream_reading) {
+		if (want_u)
+			uv_read_start((uv_stream_t *)&s->upstream, p3_alloc_upstream,
+			              p3_on_upstream_read);
+		else
+			uv_read_stop((uv_stream_t *)&s->upstream);
+		s->upstream_reading = want_u;
+	}
+}
+
+/*
+ * The session's driver: parses input on both sides and sends what is ready
+ * until nothing moves, then adjusts reading. Re-entrant calls (from write
+ * callbacks run inside) only mark that another pass is needed.
+ */
+static void p3_run(struct pop3_session *s)
+{
+	if (s->in_run) {
+		s->in_run = 2;
+		return;
+	}
+	do {
+		s->in_run = 1;
+		while (!s->closing) {
+			int p = p3_upstream_input(s);
+
+			p |= p3_flush(s);
+			p |= p3_client_input(s);
+			if (!p)
+				break;
+		}
+	} while (s->in_run == 2 && !s->closing);
+	s->in_run = 0;
+	if (s->closing)
+		return;
+	if (s->close_after_flush && s->client_wq == 0) {
+		p3_close(s, s->up_state == 3 ? "upstream closed" : "done");
+		return;
+	}
+	if (s->stop_when_idle && s->nslots == 0 && s->client_wq == 0) {
+		p3_close(s, "shutdown");
+		return;
+	}
+	p3_update_reading(s);
+}
+
+/* ------------------------------------------------------------------ */
+/* timers and connecting                                               */
+
+static void p3_on_timer(uv_timer_t *t)
+{
+	struct pop3_session *s = t->data;
+	const struct config *cfg = p3_cfg(s);
+	uint64_t now = p3_now(s);
+
+	if (s->closing)
+		return;
+	if (s->up_state < 2 && now - s->start_ms > cfg->timeout_connect * 1000ull) {
+		log_msg(LOG_LVL_WARN, s->base.sid, "pop3 upstream=%s connect timed out",
+		        s->upstream_name);
+		p3_write(s, 1, "-ERR [SYS/TEMP] mailmoat: upstream unavailable\r\n", 48);
+		s->up_state = 3;
+		s->close_after_flush = 1;
+		p3_run(s);
+		return;
+	}
+	/* waiting on the upstream for an answer counts against the upstream */
+	if (s->up_state == 2 && s->ucur != NULL && s->ucur->state == P3S_RECV &&
+	    now - s->last_upstream_ms > cfg->timeout_upstream_idle * 1000ull) {
+		p3_upstream_failed(s, "upstream idle time-out");
+		p3_run(s);
+		return;
+	}
+	/* RFC 1939 section 3: the autologout timer, only while nothing is pending */
+	if (s->nslots == 0 &&
+	    now - s->last_client_ms > cfg->timeout_client_idle * 1000ull)
+		p3_close(s, "client idle time-out");
+}
+
+static void p3_on_connect(uv_connect_t *req, int status)
+{
+	struct pop3_session *s = req->data;
+
+	if (s->closing || s->up_state == 3)
+		return;
+	if (status < 0) {
+		log_msg(LOG_LVL_WARN, s->base.sid, "pop3 upstream=%s connect failed: %s",
+		        s->upstream_name, uv_strerror(status));
+		s->up_state = 3;
+		p3_write(s, 1, "-ERR [SYS/TEMP] mailmoat: upstream unavailable\r\n", 48);
+		s->close_after_flush = 1;
+		p3_run(s);
+		return;
+	}
+	s->up_state = 2;
+	s->last_upstream_ms = p3_now(s);
+	/* whole responses leave at once: no 40 ms delayed-ACK stalls */
+	uv_tcp_nodelay(&s->upstream, 1);
+	p3_run(s);
+}
+
+static void p3_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *ai)
+{
+	struct pop3_session *s = req->data;
+	int r;
+
+	if (status == UV_ECANCELED || s->closing) {
+		if (ai != NULL)
+			uv_freeaddrinfo(ai);
+		p3_release(s);
+		return;
+	}
+	p3_release(s); /* the lookup is over; the handles still hold the session */
+	s->up_state = 1;
+	if (status < 0) {
+		log_msg(LOG_LVL_WARN, s->base.sid, "pop3 upstream=%s resolve failed: %s",
+		        s->upstream_name, uv_strerror(status));
+		p3_on_connect(&s->connreq, status);
+		return;
+	}
+	s->connreq.data = s;
+	r = uv_tcp_connect(&s->connreq, &s->upstream, ai->ai_addr, p3_on_connect);
+	uv_freeaddrinfo(ai);
+	if (r < 0)
+		p3_on_connect(&s->connreq, r);
+}
+
+int pop3_session_accept(struct server *srv, const struct cfg_listener *lcfg,
+                        uv_stream_t *listener)
+{
+	struct pop3_session *s = calloc(1, sizeof(*s));
+	struct sockaddr_storage ss;
+	struct addrinfo hints;
+	char port[8];
+	int len = sizeof(ss), r;
+	struct p3_slot *greet;
+
+	if (s == NULL) {
+		uv_tcp_t *tmp = malloc(sizeof(*tmp));
+		/* libuv needs the pending connection taken: accept and drop it */
+		if (tmp != NULL) {
+			uv_tcp_init(listener->loop, tmp);
+			if (uv_accept(listener, (uv_stream_t *)tmp) == 0)
+				log_msg(LOG_LVL_ERROR, NULL,
+				        "out of memory: connection refused");
+			uv_close((uv_handle_t *)tmp, (uv_close_cb)free);
+		}
+		return -1;
+	}
+	uv_tcp_init(srv->loop, &s->client);
+	uv_tcp_init(srv->loop, &s->upstream);
+	uv_timer_init(srv->loop, &s->timer);
+	s->client.data = s->upstream.data = s->timer.data = s;
+	s->gai.data = s;
+	s->connreq.data = s;
+	s->open_handles = 3;
+	s->base.lcfg = lcfg;
+	s->base.force_close = p3_force_close;
+	s->base.shutdown = p3_shutdown;
+	server_session_add(srv, &s->base);
+	pop3_cmd_init(&s->cp);
+	pop3_resp_init(&s->rp, 0); /* the spool bounds message size, not the parser */
+	s->start_ms = s->last_client_ms = s->last_upstream_ms = uv_now(srv->loop);
+	snprintf(s->upstream_name, sizeof(s->upstream_name), "%s:%u", lcfg->upstream_host,
+	         lcfg->upstream_port);
+
+	r = uv_accept(listener, (uv_stream_t *)&s->client);
+	if (r < 0) {
+		log_msg(LOG_LVL_WARN, s->base.sid, "accept failed: %s", uv_strerror(r));
+		p3_close(s, "accept failed");
+		return -1;
+	}
+	if (uv_tcp_getpeername(&s->client, (struct sockaddr *)&ss, &len) == 0)
+		lsn_addr_str((struct sockaddr *)&ss, s->peer, sizeof(s->peer));
+	uv_tcp_nodelay(&s->client, 1);
+	log_msg(LOG_LVL_INFO, s->base.sid, "pop3 connect client=%s upstream=%s", s->peer,
+	        s->upstream_name);
+
+	greet = p3_slot_add(s, P3K_GREETING);
+	if (greet == NULL)
+		return -1;
+	uv_timer_start(&s->timer, p3_on_timer, 1000, 1000);
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	snprintf(port, sizeof(port), "%u", lcfg->upstream_port);
+	s->open_handles++; /* the pending lookup keeps the session alive */
+	r = uv_getaddrinfo(srv->loop, &s->gai, p3_on_resolved, lcfg->upstream_host, port,
+	                   &hints);
+	if (r < 0) {
+		s->open_handles--;
+		s->up_state = 1;
+		p3_on_connect(&s->connreq, r);
+		return 0;
+	}
+	p3_update_reading(s);
+	return 0;
+}

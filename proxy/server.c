@@ -1,1 +1,201 @@
-/* placeholder: being written */
+/*
+ * server.c - process-wide state: listeners, the session registry, signals
+ * and the orderly stop.
+ *
+ * Stop (SIGTERM/SIGINT): close the listeners, ask every session to end
+ * (idle ones close at once, busy ones after their current response), and
+ * force-close what is left when the shutdown grace period runs out. The
+ * loop then ends by itself once thread-pool jobs still running have
+ * finished and dropped their results.
+ */
+#include "proxy/server.h"
+
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "proxy/log.h"
+#include "scanners/scan.h"
+
+/* Drops root to cfg->run_as after the sockets are bound. */
+static int server_drop_privileges(const struct config *cfg)
+{
+	struct passwd *pw;
+
+	if (cfg->run_as[0] == '\0') {
+		if (geteuid() == 0)
+			log_msg(
+			    LOG_LVL_WARN, NULL,
+			    "running as root: set 'user:' in the configuration to drop "
+			    "privileges after binding");
+		return 0;
+	}
+	pw = getpwnam(cfg->run_as);
+	if (pw == NULL) {
+		log_msg(LOG_LVL_ERROR, NULL, "unknown user %s", cfg->run_as);
+		return -1;
+	}
+	/* The quarantine directory must stay writable for the new identity. */
+	if (chown(cfg->quarantine_dir, pw->pw_uid, pw->pw_gid) < 0)
+		log_msg(LOG_LVL_WARN, NULL, "cannot chown quarantine dir %s: %s",
+		        cfg->quarantine_dir, strerror(errno));
+	if (initgroups(pw->pw_name, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 ||
+	    setuid(pw->pw_uid) < 0) {
+		log_msg(LOG_LVL_ERROR, NULL, "cannot drop privileges to %s: %s",
+		        cfg->run_as, strerror(errno));
+		return -1;
+	}
+	log_msg(LOG_LVL_INFO, NULL, "privileges dropped user=%s uid=%u", cfg->run_as,
+	        (unsigned)pw->pw_uid);
+	return 0;
+}
+
+static void server_on_signal(uv_signal_t *sig, int signum)
+{
+	struct server *srv = sig->data;
+
+	log_msg(LOG_LVL_INFO, NULL, "signal=%s stopping sessions=%u grace_s=%u",
+	        signum == SIGTERM ? "TERM" : "INT", srv->n_sessions,
+	        srv->cfg->timeout_shutdown_grace);
+	server_stop(srv);
+}
+
+static void server_on_grace(uv_timer_t *t)
+{
+	struct server *srv = t->data;
+	struct session_base *sb, *next;
+
+	if (srv->n_sessions > 0)
+		log_msg(LOG_LVL_WARN, NULL, "shutdown grace over: closing sessions=%u",
+		        srv->n_sessions);
+	for (sb = srv->sessions; sb != NULL; sb = next) {
+		next = sb->next;
+		sb->force_close(sb, "shutdown");
+	}
+	uv_close((uv_handle_t *)&srv->grace_timer, NULL);
+}
+
+int server_start(struct server *srv, uv_loop_t *loop, const struct config *cfg,
+                 struct scan_engine *engine)
+{
+	uint32_t seed = 0;
+
+	memset(srv, 0, sizeof(*srv));
+	srv->loop = loop;
+	srv->cfg = cfg;
+	scan_engine_ref(engine);
+	srv->engine = engine;
+	/* ids start at a random point so logs of restarts do not repeat them */
+	if (getrandom(&seed, sizeof(seed), 0) != sizeof(seed))
+		seed = (uint32_t)getpid();
+	srv->next_id = ((uint64_t)seed << 16) | 1u;
+
+	srv->listeners = calloc(cfg->n_listeners, sizeof(*srv->listeners));
+	if (srv->listeners == NULL)
+		return -1;
+	for (unsigned i = 0; i < cfg->n_listeners; i++) {
+		if (cfg->listeners[i].protocol != CFG_PROTO_POP3) {
+			log_msg(
+			    LOG_LVL_ERROR, NULL,
+			    "listener %s:%u: protocol %s is not served by this version",
+			    cfg->listeners[i].listen_host, cfg->listeners[i].listen_port,
+			    cfg_protocol_name(cfg->listeners[i].protocol));
+			return -1;
+		}
+		if (lsn_open(&srv->listeners[i], srv, &cfg->listeners[i]) < 0)
+			return -1;
+		srv->n_listeners++;
+	}
+	if (server_drop_privileges(cfg) < 0)
+		return -1;
+	uv_signal_init(loop, &srv->sig_term);
+	uv_signal_init(loop, &srv->sig_int);
+	srv->sig_term.data = srv->sig_int.data = srv;
+	uv_signal_start(&srv->sig_term, server_on_signal, SIGTERM);
+	uv_signal_start(&srv->sig_int, server_on_signal, SIGINT);
+	signal(SIGPIPE, SIG_IGN);
+	return 0;
+}
+
+void server_stop(struct server *srv)
+{
+	struct session_base *sb, *next;
+
+	if (srv->stopping)
+		return;
+	srv->stopping = 1;
+	for (unsigned i = 0; i < srv->n_listeners; i++)
+		lsn_close(&srv->listeners[i]);
+	uv_close((uv_handle_t *)&srv->sig_term, NULL);
+	uv_close((uv_handle_t *)&srv->sig_int, NULL);
+	uv_timer_init(srv->loop, &srv->grace_timer);
+	srv->grace_timer.data = srv;
+	uv_timer_start(&srv->grace_timer, server_on_grace,
+	               (uint64_t)srv->cfg->timeout_shutdown_grace * 1000u, 0);
+	if (srv->n_sessions == 0) {
+		uv_timer_stop(&srv->grace_timer);
+		uv_close((uv_handle_t *)&srv->grace_timer, NULL);
+		return;
+	}
+	for (sb = srv->sessions; sb != NULL; sb = next) {
+		next = sb->next;
+		sb->shutdown(sb);
+	}
+}
+
+void server_cleanup(struct server *srv)
+{
+	scan_engine_unref(&srv->engine);
+	free(srv->listeners);
+	srv->listeners = NULL;
+}
+
+void server_session_add(struct server *srv, struct session_base *sb)
+{
+	sb->srv = srv;
+	sb->id = srv->next_id++;
+	/* a short, log-friendly id: the low 32 bits mixed so neighbours differ */
+	snprintf(sb->sid, sizeof(sb->sid), "%08x",
+	         (unsigned)((sb->id * 0x9e3779b97f4a7c15ull) >> 32));
+	sb->prev = NULL;
+	sb->next = srv->sessions;
+	if (srv->sessions != NULL)
+		srv->sessions->prev = sb;
+	srv->sessions = sb;
+	srv->n_sessions++;
+}
+
+void server_session_remove(struct server *srv, struct session_base *sb)
+{
+	if (sb->prev != NULL)
+		sb->prev->next = sb->next;
+	else
+		srv->sessions = sb->next;
+	if (sb->next != NULL)
+		sb->next->prev = sb->prev;
+	sb->next = sb->prev = NULL;
+	srv->n_sessions--;
+	if (srv->stopping) {
+		if (srv->n_sessions == 0 &&
+		    !uv_is_closing((uv_handle_t *)&srv->grace_timer)) {
+			uv_timer_stop(&srv->grace_timer);
+			uv_close((uv_handle_t *)&srv->grace_timer, NULL);
+		}
+		return;
+	}
+	for (unsigned i = 0; i < srv->n_listeners; i++)
+		lsn_resume(&srv->listeners[i]);
+}
+
+struct session_base *server_session_find(struct server *srv, uint64_t id)
+{
+	/* Sessions per process are few (max_sessions); a walk is cheap. */
+	for (struct session_base *sb = srv->sessions; sb != NULL; sb = sb->next)
+		if (sb->id == id)
+			return sb;
+	return NULL;
+}

@@ -22,15 +22,15 @@
 
 struct spool {
 	atomic_int refs;
-	int fd;            /* spill file, -1 while in memory */
+	int fd; /* spill file, -1 while in memory */
 	int frozen;
 	int overflowed;
 	size_t mem_limit;
 	uint64_t max_size;
-	uint64_t size;     /* bytes accepted */
-	char *mem;         /* memory content (size bytes), or the file write buffer */
+	uint64_t size; /* bytes accepted */
+	char *mem;     /* memory content (size bytes), or the file write buffer */
 	size_t mem_cap;
-	size_t wbuf_len;   /* file mode: bytes pending in mem */
+	size_t wbuf_len; /* file mode: bytes pending in mem */
 	char tmpdir[512];
 };
 
@@ -45,7 +45,7 @@ struct spool *spool_new(size_t mem_limit, const char *tmpdir, uint64_t max_size)
 	sp->mem_limit = mem_limit;
 	sp->max_size = max_size;
 	snprintf(sp->tmpdir, sizeof(sp->tmpdir), "%s",
-		 tmpdir != NULL && *tmpdir != '\0' ? tmpdir : "/tmp");
+	         tmpdir != NULL && *tmpdir != '\0' ? tmpdir : "/tmp");
 	return sp;
 }
 

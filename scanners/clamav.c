@@ -1,1 +1,268 @@
-/* placeholder: being written */
+/*
+ * clamav.c - the libclamav scanner behind scan.h.
+ *
+ * Owns the compiled engine: loaded once from a database directory, shared
+ * read-only by every scan (libclamav scans are thread-safe on a compiled
+ * engine), freed when the last reference goes. Limits from the
+ * configuration are set on the engine; a scan that hits one is reported as
+ * a SCAN_ERROR verdict (through libclamav's "exceeds max" heuristic), never
+ * as clean. Called from start-up (load) and from pool threads (scans).
+ */
+#include "scanners/scan.h"
+
+#include <clamav.h>
+#include <dirent.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "proxy/log.h"
+
+struct scan_engine {
+	atomic_int refs;
+	struct cl_engine *cl;
+	unsigned sigs;
+	unsigned db_version;
+};
+
+static const char *const scan_result_names[] = {"clean", "infected", "error"};
+_Static_assert(sizeof(scan_result_names) / sizeof(scan_result_names[0]) ==
+                   SCAN_RESULT_COUNT,
+               "scan result names");
+
+const char *scan_result_name(enum scan_result r)
+{
+	return (unsigned)r < SCAN_RESULT_COUNT ? scan_result_names[r] : "?";
+}
+
+int scan_global_init(void)
+{
+	cl_error_t r = cl_init(CL_INIT_DEFAULT);
+
+	if (r != CL_SUCCESS) {
+		log_msg(LOG_LVL_ERROR, NULL, "clamav init failed: %s", cl_strerror(r));
+		return -1;
+	}
+	return 0;
+}
+
+/* True for the file name extensions cl_load() reads from a directory. */
+static int clam_is_db_file(const char *name)
+{
+	static const char *const exts[] = {
+	    ".cvd", ".cld", ".cud", ".ndb",  ".ndu", ".hdb",  ".hdu",  ".hsb", ".hsu",
+	    ".mdb", ".mdu", ".msb", ".msu",  ".ldb", ".ldu",  ".idb",  ".cdb", ".cbc",
+	    ".pdb", ".gdb", ".wdb", ".fp",   ".sfp", ".ign",  ".ign2", ".ftm", ".cfg",
+	    ".crb", ".cat", ".yar", ".yara", ".db",  ".info", ".imp",  ".pwdb"};
+	const char *dot = strrchr(name, '.');
+
+	if (dot == NULL || name[0] == '.')
+		return 0;
+	for (size_t i = 0; i < sizeof(exts) / sizeof(exts[0]); i++)
+		if (strcmp(dot, exts[i]) == 0)
+			return 1;
+	return 0;
+}
+
+/*
+ * Logs the database files of dbdir, one line each. Returns how many there
+ * are and, in *test_only_r, whether all of them belong to mailmoat's own
+ * test signature set (files named mailmoat-test.*).
+ */
+static unsigned clam_list_files(const char *dbdir, int *test_only_r)
+{
+	DIR *d = opendir(dbdir);
+	struct dirent *de;
+	unsigned n = 0, test = 0;
+
+	*test_only_r = 0;
+	if (d == NULL)
+		return 0;
+	while ((de = readdir(d)) != NULL) {
+		if (!clam_is_db_file(de->d_name))
+			continue;
+		n++;
+		if (strncmp(de->d_name, "mailmoat-test.", 14) == 0)
+			test++;
+		log_msg(LOG_LVL_INFO, NULL, "clamav database file=%s/%s", dbdir,
+		        de->d_name);
+	}
+	closedir(d);
+	*test_only_r = n > 0 && n == test;
+	return n;
+}
+
+static void clam_set_limit(struct cl_engine *cl, enum cl_engine_field f, long long v)
+{
+	if (v > 0)
+		cl_engine_set_num(cl, f, v);
+}
+
+int scan_engine_load(const char *dbdir, const struct scan_limits *lim,
+                     struct scan_engine **eng_r, char *err, size_t errlen)
+{
+	struct scan_engine *eng;
+	unsigned files;
+	int test_only, e;
+	cl_error_t r;
+
+	*eng_r = NULL;
+	files = clam_list_files(dbdir, &test_only);
+	if (files == 0) {
+		snprintf(err, errlen, "no ClamAV database files in %s", dbdir);
+		return -1;
+	}
+	eng = calloc(1, sizeof(*eng));
+	if (eng == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	atomic_init(&eng->refs, 1);
+	eng->cl = cl_engine_new();
+	if (eng->cl == NULL) {
+		free(eng);
+		snprintf(err, errlen, "cl_engine_new failed");
+		return -1;
+	}
+	clam_set_limit(eng->cl, CL_ENGINE_MAX_FILESIZE, (long long)lim->max_filesize);
+	clam_set_limit(eng->cl, CL_ENGINE_MAX_SCANSIZE, (long long)lim->max_scansize);
+	clam_set_limit(eng->cl, CL_ENGINE_MAX_RECURSION, lim->max_recursion);
+	clam_set_limit(eng->cl, CL_ENGINE_MAX_FILES, lim->max_files);
+	clam_set_limit(eng->cl, CL_ENGINE_MAX_SCANTIME, lim->max_scantime_ms);
+	r = cl_load(dbdir, eng->cl, &eng->sigs, CL_DB_STDOPT);
+	if (r == CL_SUCCESS)
+		r = cl_engine_compile(eng->cl);
+	if (r != CL_SUCCESS) {
+		snprintf(err, errlen, "loading %s: %s", dbdir, cl_strerror(r));
+		cl_engine_free(eng->cl);
+		free(eng);
+		return -1;
+	}
+	eng->db_version = (unsigned)cl_engine_get_num(eng->cl, CL_ENGINE_DB_VERSION, &e);
+	log_msg(LOG_LVL_INFO, NULL,
+	        "clamav engine loaded dir=%s files=%u signatures=%u db_version=%u "
+	        "libclamav=%s",
+	        dbdir, files, eng->sigs, eng->db_version, cl_retver());
+	if (test_only) {
+		/* Loud on purpose: a gateway scanning with EICAR only protects nobody. */
+		log_msg(
+		    LOG_LVL_WARN, NULL,
+		    "clamav ONLY THE MAILMOAT TEST SIGNATURE SET IS LOADED (%u "
+		    "signatures): "
+		    "real malware will NOT be detected; point scanner.clamav.database at "
+		    "/var/lib/clamav in production",
+		    eng->sigs);
+	}
+	*eng_r = eng;
+	return 0;
+}
+
+void scan_engine_ref(struct scan_engine *eng)
+{
+	atomic_fetch_add(&eng->refs, 1);
+}
+
+void scan_engine_unref(struct scan_engine **engp)
+{
+	struct scan_engine *eng = *engp;
+
+	*engp = NULL;
+	if (eng == NULL || atomic_fetch_sub(&eng->refs, 1) != 1)
+		return;
+	cl_engine_free(eng->cl);
+	free(eng);
+}
+
+unsigned scan_engine_signatures(const struct scan_engine *eng)
+{
+	return eng->sigs;
+}
+
+static uint64_t clam_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/*
+ * Every parser on (a message's threat hides in its MIME parts and archives),
+ * and the one heuristic that turns a hit limit into an alert, so a limit
+ * never silently reads as clean.
+ */
+static void clam_options(struct cl_scan_options *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->general = CL_SCAN_GENERAL_HEURISTICS;
+	o->parse = ~0u;
+	o->heuristic = CL_SCAN_HEURISTIC_EXCEEDS_MAX;
+}
+
+/* Turns libclamav's answer into a verdict. */
+static void clam_verdict(cl_error_t r, const char *virname, struct scan_verdict *v)
+{
+	if (r == CL_VIRUS && virname != NULL &&
+	    strncmp(virname, "Heuristics.Limits.Exceeded", 26) == 0) {
+		v->result = SCAN_ERROR;
+		snprintf(v->error, sizeof(v->error), "limit exceeded (%s)", virname);
+	} else if (r == CL_VIRUS) {
+		v->result = SCAN_INFECTED;
+		snprintf(v->signature, sizeof(v->signature), "%s",
+		         virname != NULL ? virname : "unknown");
+	} else if (r == CL_CLEAN) {
+		v->result = SCAN_CLEAN;
+	} else {
+		v->result = SCAN_ERROR;
+		snprintf(v->error, sizeof(v->error), "%s",
+		         r == CL_ETIMEOUT ? "scan time limit exceeded" : cl_strerror(r));
+	}
+}
+
+static void clam_begin(struct scan_engine *eng, struct scan_verdict *v)
+{
+	memset(v, 0, sizeof(*v));
+	v->db_version = eng->db_version;
+}
+
+void scan_buffer(struct scan_engine *eng, const void *data, size_t len,
+                 struct scan_verdict *v)
+{
+	struct cl_scan_options o;
+	const char *virname = NULL;
+	unsigned long scanned = 0;
+	uint64_t t0 = clam_now_ms();
+	cl_fmap_t *map;
+	cl_error_t r;
+
+	clam_begin(eng, v);
+	clam_options(&o);
+	map = cl_fmap_open_memory(data, len);
+	if (map == NULL) {
+		v->result = SCAN_ERROR;
+		snprintf(v->error, sizeof(v->error), "cannot map message for scanning");
+		return;
+	}
+	r = cl_scanmap_callback(map, "message.eml", &virname, &scanned, eng->cl, &o,
+	                        NULL);
+	clam_verdict(r, virname, v);
+	cl_fmap_close(map);
+	v->scan_ms = clam_now_ms() - t0;
+}
+
+void scan_fd(struct scan_engine *eng, int fd, struct scan_verdict *v)
+{
+	struct cl_scan_options o;
+	const char *virname = NULL;
+	unsigned long scanned = 0;
+	uint64_t t0 = clam_now_ms();
+	cl_error_t r;
+
+	clam_begin(eng, v);
+	clam_options(&o);
+	r = cl_scandesc(fd, "message.eml", &virname, &scanned, eng->cl, &o);
+	clam_verdict(r, virname, v);
+	v->scan_ms = clam_now_ms() - t0;
+}

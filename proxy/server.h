@@ -1,0 +1,92 @@
+/*
+ * server.h - the process: event loop, listeners, the live sessions, and the
+ * shared read-only state sessions use (configuration, scan engine).
+ *
+ * Sessions register here under a numeric id; thread-pool jobs carry that id,
+ * never a pointer, and look the session up when they finish, so a session
+ * that closed while its scan ran is never touched again.
+ */
+#ifndef MAILMOAT_SERVER_H
+#define MAILMOAT_SERVER_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "policy/config.h"
+
+struct scan_engine;
+struct server;
+
+/* Common head of every protocol session; embedded first in each. */
+struct session_base {
+	uint64_t id;  /* registry key, never reused */
+	char sid[12]; /* the id printed in logs */
+	struct server *srv;
+	const struct cfg_listener *lcfg;
+	struct session_base *next, *prev;
+	/* ends the session now (shutdown grace ran out); must be idempotent */
+	void (*force_close)(struct session_base *sb, const char *reason);
+	/* asks an idle session to end at shutdown; returns when it may go on */
+	void (*shutdown)(struct session_base *sb);
+};
+
+struct server {
+	uv_loop_t *loop;
+	const struct config *cfg;
+	struct scan_engine *engine; /* current engine: sessions take a ref per job */
+	struct session_base *sessions;
+	unsigned n_sessions;
+	uint64_t next_id;
+	int stopping;
+	struct lsn *listeners;
+	unsigned n_listeners;
+	uv_signal_t sig_term, sig_int;
+	uv_timer_t grace_timer;
+};
+
+/*
+ * Binds every configured listener, drops privileges when cfg->run_as is
+ * set, installs SIGTERM/SIGINT handling. Returns 0 or -1 (logged). The
+ * server keeps pointers to cfg and takes a reference on engine.
+ */
+int server_start(struct server *srv, uv_loop_t *loop, const struct config *cfg,
+                 struct scan_engine *engine);
+
+/* Releases what server_start took, after uv_run has returned. */
+void server_cleanup(struct server *srv);
+
+/* Stops accepting and ends sessions within the shutdown grace period. */
+void server_stop(struct server *srv);
+
+/* Registers a new session: assigns id and sid. */
+void server_session_add(struct server *srv, struct session_base *sb);
+
+/* Unregisters a session (from its final close callback). */
+void server_session_remove(struct server *srv, struct session_base *sb);
+
+/* The live session with this id, or NULL when it has gone. */
+struct session_base *server_session_find(struct server *srv, uint64_t id);
+
+/* ---- listener.c ---- */
+
+struct lsn {
+	uv_tcp_t tcp;
+	struct server *srv;
+	const struct cfg_listener *lcfg;
+	int pending; /* a connection waits to be accepted (session cap reached) */
+	int closed;
+};
+
+/* Binds and listens. Returns 0 or -1 (logged). */
+int lsn_open(struct lsn *l, struct server *srv, const struct cfg_listener *lcfg);
+
+/* Closes the listening socket. */
+void lsn_close(struct lsn *l);
+
+/* Accepts connections left waiting at the session cap, if there is room now. */
+void lsn_resume(struct lsn *l);
+
+/* "host:port" of an address, for logs. */
+void lsn_addr_str(const struct sockaddr *sa, char *buf, size_t len);
+
+#endif
