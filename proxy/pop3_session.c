@@ -137,6 +137,7 @@ struct pop3_session {
 	int closing;
 	int up_state; /* 0 resolving, 1 connecting, 2 connected, 3 gone */
 	int client_reading, upstream_reading;
+	int up_eof;            /* the upstream closed; buffered answers still count */
 	int stop_when_idle;    /* shutdown asked: end once the queue is empty */
 	int close_after_flush; /* close once queued client output is written */
 	int in_run;            /* re-entrancy guard of p3_run */
@@ -461,8 +462,7 @@ static void p3_serve_original(struct p3_slot *sl)
 	if (sl->kind == P3K_TOP && sl->upstream_retr) {
 		sl->limit_top = 1;
 		sl->out_status_len =
-		    (size_t)snprintf(sl->out_status, sizeof(sl->out_status),
-		                     "+OK top of message follows\r\n");
+		    (size_t)snprintf(sl->out_status, sizeof(sl->out_status), "+OK\r\n");
 	} else {
 		memcpy(sl->out_status, sl->status, sl->status_len);
 		sl->out_status_len = sl->status_len;
@@ -480,8 +480,7 @@ static void p3_serve_notice(struct p3_slot *sl, struct spool *notice)
 	if (sl->kind == P3K_TOP) {
 		sl->limit_top = 1;
 		sl->out_status_len =
-		    (size_t)snprintf(sl->out_status, sizeof(sl->out_status),
-		                     "+OK top of message follows\r\n");
+		    (size_t)snprintf(sl->out_status, sizeof(sl->out_status), "+OK\r\n");
 	} else {
 		sl->out_status_len = (size_t)snprintf(
 		    sl->out_status, sizeof(sl->out_status), "+OK %llu octets\r\n",
@@ -859,6 +858,9 @@ static int p3_upstream_input(struct pop3_session *s)
 		s->uin_len = 0;
 		p3_upstream_failed(s, "unsolicited data from upstream");
 		progress = 1;
+	} else if (s->up_eof && s->up_state == 2 && s->uin_len == 0) {
+		p3_upstream_failed(s, "connection closed");
+		progress = 1;
 	}
 	return progress;
 }
@@ -1190,9 +1192,14 @@ static void p3_on_upstream_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
 
 	if (s->closing)
 		return;
+	if (n == UV_EOF) {
+		/* answers already buffered are still parsed and delivered first */
+		s->up_eof = 1;
+		p3_run(s);
+		return;
+	}
 	if (n < 0) {
-		p3_upstream_failed(s, n == UV_EOF ? "connection closed"
-		                                  : uv_strerror((int)n));
+		p3_upstream_failed(s, uv_strerror((int)n));
 		p3_run(s);
 		return;
 	}
@@ -1205,7 +1212,7 @@ static void p3_on_upstream_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
 static void p3_update_reading(struct pop3_session *s)
 {
 	int want_c = s->cin_len < sizeof(s->cin);
-	int want_u = s->up_state == 2 && s->uin_len < sizeof(s->uin);
+	int want_u = s->up_state == 2 && !s->up_eof && s->uin_len < sizeof(s->uin);
 
 	if (want_c != s->client_reading) {
 		if (want_c)
