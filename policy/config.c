@@ -101,6 +101,7 @@ void config_defaults(struct config *cfg)
 	cfg->clamav_max_recursion = 17;
 	cfg->clamav_max_files = 10000;
 	cfg->clamav_max_scantime_ms = 120 * 1000;
+	cfg->clamav_mime_split_above = 8ULL << 20;
 
 	SET_STR(cfg->quarantine_dir, "/var/lib/mailmoat/quarantine");
 
@@ -510,6 +511,7 @@ static const struct field clamav_fields[] = {
     F_UINT("max_recursion", clamav_max_recursion, 1, 1000, 1),
     F_UINT("max_files", clamav_max_files, 1, UINT32_MAX, 1),
     F_UINT("max_scantime", clamav_max_scantime_ms, 1, MAX_TIMEOUT, 1000),
+    F_SIZE("mime_split_above", clamav_mime_split_above, 0, UINT64_MAX),
     {.key = NULL},
 };
 

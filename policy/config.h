@@ -44,6 +44,7 @@ struct config {
 	unsigned clamav_max_recursion;        /* max_recursion (default 17) */
 	unsigned clamav_max_files;            /* max_files (default 10000) */
 	unsigned clamav_max_scantime_ms;      /* max_scantime, seconds in YAML (default 120 s) */
+	uint64_t clamav_mime_split_above;      /* mime_split_above: larger messages are scanned part by part (default 8M, 0 = never) */
 
 	/* quarantine */
 	char quarantine_dir[CFG_PATH_MAX];    /* dir (default /var/lib/mailmoat/quarantine) */

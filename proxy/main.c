@@ -58,6 +58,8 @@ static int main_run(const char *path)
 	lim.max_recursion = cfg->clamav_max_recursion;
 	lim.max_files = cfg->clamav_max_files;
 	lim.max_scantime_ms = cfg->clamav_max_scantime_ms;
+	lim.mime_split_above = cfg->clamav_mime_split_above;
+	snprintf(lim.tmpdir, sizeof(lim.tmpdir), "%s", cfg->spool_dir);
 	if (scan_engine_load(cfg->clamav_database, &lim, &engine, err, sizeof(err)) < 0) {
 		log_msg(LOG_LVL_ERROR, NULL, "cannot start: %s", err);
 		config_free(&cfg);

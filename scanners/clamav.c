@@ -16,15 +16,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "proxy/log.h"
+#include "scanners/mime.h"
 
 struct scan_engine {
 	atomic_int refs;
 	struct cl_engine *cl;
 	unsigned sigs;
 	unsigned db_version;
+	struct scan_limits lim;
 };
 
 static const char *const scan_result_names[] = {"clean", "infected", "error"};
@@ -94,6 +97,24 @@ static unsigned clam_list_files(const char *dbdir, int *test_only_r)
 	return n;
 }
 
+/* Per-scan context: the name libclamav reports through its callback. */
+struct clam_ctx {
+	char name[SCAN_SIG_MAX];
+};
+
+/*
+ * libclamav 1.x returns CL_VIRUS with a NULL name for heuristic alerts
+ * (such as an exceeded limit) unless a virus-found callback is set: the
+ * callback is where the name reliably arrives.
+ */
+static void clam_on_virus(int fd, const char *virname, void *context)
+{
+	struct clam_ctx *c = context;
+
+	if (c != NULL && c->name[0] == '\0' && virname != NULL)
+		snprintf(c->name, sizeof(c->name), "%s", virname);
+}
+
 static void clam_set_limit(struct cl_engine *cl, enum cl_engine_field f, long long v)
 {
 	if (v > 0)
@@ -120,6 +141,13 @@ int scan_engine_load(const char *dbdir, const struct scan_limits *lim,
 		return -1;
 	}
 	atomic_init(&eng->refs, 1);
+	eng->lim = *lim;
+	if (eng->lim.tmpdir[0] == '\0')
+		snprintf(eng->lim.tmpdir, sizeof(eng->lim.tmpdir), "/tmp");
+	if (eng->lim.max_files == 0)
+		eng->lim.max_files = 10000;
+	if (eng->lim.max_recursion == 0)
+		eng->lim.max_recursion = 17;
 	eng->cl = cl_engine_new();
 	if (eng->cl == NULL) {
 		free(eng);
@@ -131,9 +159,11 @@ int scan_engine_load(const char *dbdir, const struct scan_limits *lim,
 	clam_set_limit(eng->cl, CL_ENGINE_MAX_RECURSION, lim->max_recursion);
 	clam_set_limit(eng->cl, CL_ENGINE_MAX_FILES, lim->max_files);
 	clam_set_limit(eng->cl, CL_ENGINE_MAX_SCANTIME, lim->max_scantime_ms);
+	cl_engine_set_str(eng->cl, CL_ENGINE_TMPDIR, eng->lim.tmpdir);
 	r = cl_load(dbdir, eng->cl, &eng->sigs, CL_DB_STDOPT);
 	if (r == CL_SUCCESS)
 		r = cl_engine_compile(eng->cl);
+	cl_engine_set_clcb_virus_found(eng->cl, clam_on_virus);
 	if (r != CL_SUCCESS) {
 		snprintf(err, errlen, "loading %s: %s", dbdir, cl_strerror(r));
 		cl_engine_free(eng->cl);
@@ -202,12 +232,15 @@ static void clam_options(struct cl_scan_options *o)
 }
 
 /* Turns libclamav's answer into a verdict. */
-static void clam_verdict(cl_error_t r, const char *virname, struct scan_verdict *v)
+static void clam_verdict(cl_error_t r, const char *virname, const struct clam_ctx *c,
+                         struct scan_verdict *v)
 {
+	if (virname == NULL && c->name[0] != '\0')
+		virname = c->name;
 	if (r == CL_VIRUS && virname != NULL &&
 	    strncmp(virname, "Heuristics.Limits.Exceeded", 26) == 0) {
 		v->result = SCAN_ERROR;
-		snprintf(v->error, sizeof(v->error), "limit exceeded (%s)", virname);
+		snprintf(v->error, sizeof(v->error), "limit exceeded (%.200s)", virname);
 	} else if (r == CL_VIRUS) {
 		v->result = SCAN_INFECTED;
 		snprintf(v->signature, sizeof(v->signature), "%s",
@@ -233,6 +266,7 @@ void scan_buffer(struct scan_engine *eng, const void *data, size_t len,
 	struct cl_scan_options o;
 	const char *virname = NULL;
 	unsigned long scanned = 0;
+	struct clam_ctx cc = {""};
 	uint64_t t0 = clam_now_ms();
 	cl_fmap_t *map;
 	cl_error_t r;
@@ -247,9 +281,66 @@ void scan_buffer(struct scan_engine *eng, const void *data, size_t len,
 	}
 	r = cl_scanmap_callback(map, "message.eml", &virname, &scanned, eng->cl, &o,
 	                        NULL);
-	clam_verdict(r, virname, v);
+	clam_verdict(r, virname, &cc, v);
 	cl_fmap_close(map);
 	v->scan_ms = clam_now_ms() - t0;
+}
+
+struct clam_split {
+	struct scan_engine *eng;
+	struct scan_verdict *v;
+};
+
+/* Scans one decoded MIME part; stops the walk at the first bad verdict. */
+static int clam_split_part(int fd, const char *name, const char *ctype, void *ctx)
+{
+	struct clam_split *cs = ctx;
+	struct cl_scan_options o;
+	const char *virname = NULL;
+	unsigned long scanned = 0;
+	struct clam_ctx cc = {""};
+	cl_error_t r;
+
+	clam_options(&o);
+	r = cl_scandesc_callback(fd, name != NULL ? name : "part", &virname, &scanned,
+	                         cs->eng->cl, &o, &cc);
+	clam_verdict(r, virname, &cc, cs->v);
+	return cs->v->result != SCAN_CLEAN;
+}
+
+/*
+ * A large message in bounded memory: the raw bytes without libclamav's
+ * mail parser (signatures on the text as sent), then every MIME part
+ * decoded on its own with all the other parsers (archives, documents...).
+ */
+static void clam_scan_split(struct scan_engine *eng, int fd, uint64_t size,
+                            struct scan_verdict *v)
+{
+	struct clam_split cs = {eng, v};
+	struct cl_scan_options o;
+	const char *virname = NULL;
+	unsigned long scanned = 0;
+	struct clam_ctx cc = {""};
+	enum mime_walk_res wr;
+	cl_error_t r;
+
+	clam_options(&o);
+	o.parse &= ~(unsigned)CL_SCAN_PARSE_MAIL;
+	r = cl_scandesc_callback(fd, "message.eml", &virname, &scanned, eng->cl, &o, &cc);
+	clam_verdict(r, virname, &cc, v);
+	if (v->result != SCAN_CLEAN)
+		return;
+	wr = mime_walk_fd(fd, size, eng->lim.tmpdir, eng->lim.max_files,
+	                  eng->lim.max_recursion, clam_split_part, &cs);
+	if (wr == MIME_WALK_LIMIT) {
+		v->result = SCAN_ERROR;
+		snprintf(v->error, sizeof(v->error),
+		         "MIME structure exceeds max_files or max_recursion");
+	} else if (wr == MIME_WALK_IO) {
+		v->result = SCAN_ERROR;
+		snprintf(v->error, sizeof(v->error),
+		         "cannot write temporary file for a MIME part");
+	}
 }
 
 void scan_fd(struct scan_engine *eng, int fd, struct scan_verdict *v)
@@ -257,12 +348,20 @@ void scan_fd(struct scan_engine *eng, int fd, struct scan_verdict *v)
 	struct cl_scan_options o;
 	const char *virname = NULL;
 	unsigned long scanned = 0;
+	struct clam_ctx cc = {""};
 	uint64_t t0 = clam_now_ms();
+	struct stat st;
 	cl_error_t r;
 
 	clam_begin(eng, v);
-	clam_options(&o);
-	r = cl_scandesc(fd, "message.eml", &virname, &scanned, eng->cl, &o);
-	clam_verdict(r, virname, v);
+	if (fstat(fd, &st) == 0 && eng->lim.mime_split_above != 0 &&
+	    (uint64_t)st.st_size > eng->lim.mime_split_above) {
+		clam_scan_split(eng, fd, (uint64_t)st.st_size, v);
+	} else {
+		clam_options(&o);
+		r = cl_scandesc_callback(fd, "message.eml", &virname, &scanned, eng->cl,
+		                         &o, &cc);
+		clam_verdict(r, virname, &cc, v);
+	}
 	v->scan_ms = clam_now_ms() - t0;
 }

@@ -36,6 +36,14 @@ struct scan_limits {
 	unsigned max_recursion;  /* archive / MIME nesting depth */
 	unsigned max_files;      /* files inside archives */
 	unsigned max_scantime_ms;
+	/*
+	 * Messages larger than this are not given to libclamav's mail parser
+	 * (which holds a message in memory several times over): the raw bytes
+	 * are scanned without it, then each MIME part, decoded into a
+	 * temporary file, on its own. 0 = always use libclamav's parser.
+	 */
+	uint64_t mime_split_above;
+	char tmpdir[1024]; /* temporary files of libclamav and the MIME split */
 };
 
 struct scan_engine;
