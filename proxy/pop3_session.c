@@ -639,6 +639,31 @@ static void p3_capture_complete(struct pop3_session *s, struct p3_slot *sl)
 		p3_serve_original(sl);
 		return;
 	}
+	if (spool_overflowed(sl->spool)) {
+		/*
+		 * Only part of it was kept: it can be neither scanned nor
+		 * quarantined whole, so it is never delivered nor replaced (the
+		 * client would delete the original). It stays on the server.
+		 */
+		log_msg(
+		    LOG_LVL_WARN, s->base.sid,
+		    "pop3 user=%s msg=%lu uidl=%s verdict=error signature=\"larger than "
+		    "spool.max_message_size (%llu)\" action=%s",
+		    s->user[0] ? s->user : "-", sl->msgno,
+		    m != NULL && m->uidl[0] ? m->uidl : "-",
+		    (unsigned long long)cfg->spool_max_message_size,
+		    cfg->on_scan_error == POLICY_ABORT ? "abort" : "refuse");
+		spool_unref(&sl->spool);
+		if (cfg->on_scan_error == POLICY_ABORT) {
+			sl->out = P3O_ABORT;
+			sl->state = P3S_READY;
+		} else {
+			p3_set_line(
+			    sl, "-ERR [SYS/PERM] mailmoat: message too large to scan, "
+			        "left on the server\r\n");
+		}
+		return;
+	}
 	job = msgjob_new(s->base.srv, &s->base, sl->spool, p3_job_done);
 	if (job == NULL) {
 		p3_set_line(sl, "-ERR [SYS/TEMP] mailmoat: out of memory\r\n");
@@ -653,13 +678,6 @@ static void p3_capture_complete(struct pop3_session *s, struct p3_slot *sl)
 	/* Pad to what LIST told the client, so size-trusting clients keep working. */
 	job->pad_to =
 	    m != NULL && m->list_size != 0 ? m->list_size : spool_size(sl->spool);
-	if (spool_overflowed(sl->spool)) {
-		job->skip_scan = 1;
-		job->verdict.result = SCAN_ERROR;
-		snprintf(job->verdict.error, sizeof(job->verdict.error),
-		         "message larger than spool.max_message_size (%llu)",
-		         (unsigned long long)cfg->spool_max_message_size);
-	}
 	if (msgjob_submit(job) < 0) {
 		msgjob_free(&job);
 		p3_set_line(sl, "-ERR [SYS/TEMP] mailmoat: cannot scan\r\n");
