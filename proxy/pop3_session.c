@@ -143,6 +143,7 @@ struct pop3_session {
 	int in_run;            /* re-entrancy guard of p3_run */
 	int sasl;              /* the next client line is a SASL response */
 	int authed;
+	int quit; /* the client's QUIT was answered */
 	uint64_t last_client_ms, last_upstream_ms, start_ms;
 
 	char cin[P3_CIN_MAX];
@@ -832,7 +833,7 @@ static int p3_upstream_input(struct pop3_session *s)
 			} else {
 				p3_passthrough_status(s, sl, &ev);
 				if (sl->kind == P3K_QUIT)
-					s->close_after_flush = 1;
+					s->close_after_flush = s->quit = 1;
 				if (!ev.multiline) {
 					p3_ucur_advance(s);
 					p3_slot_pop_head(s);
@@ -1276,7 +1277,9 @@ static void p3_run(struct pop3_session *s)
 	if (s->closing)
 		return;
 	if (s->close_after_flush && s->client_wq == 0) {
-		p3_close(s, s->up_state == 3 ? "upstream closed" : "done");
+		p3_close(s, s->quit            ? "quit"
+		            : s->up_state == 3 ? "upstream closed"
+		                               : "done");
 		return;
 	}
 	if (s->stop_when_idle && s->nslots == 0 && s->client_wq == 0) {
