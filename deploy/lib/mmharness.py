@@ -1,0 +1,986 @@
+"""mmharness - shared test and demo harness for mailmoat (Python 3, stdlib only).
+
+Used by deploy/demo.py and tests/integration/. It owns:
+
+- free-port picking and port waiting on 127.0.0.1 (loopback only, always);
+- a throwaway Dovecot (started as root from its own configuration, its own
+  base_dir/state_dir/log under a work directory, POP3 and IMAP on free
+  ports, plaintext auth, passwd-file users with {PLAIN} passwords so that
+  USER/PASS, AUTH PLAIN/LOGIN and APOP all work);
+- a maildir mailbox builder with clean and malicious sample messages and a
+  streaming generator for big messages;
+- starting and stopping mailmoat from a generated YAML configuration, with
+  its stderr log captured to a file and its peak RSS read before it stops;
+- a raw POP3 client that keeps the exact wire bytes, and a parser for the
+  key=value log lines.
+
+Nothing here talks to anything but 127.0.0.1.
+"""
+
+import base64
+import datetime
+import email.utils
+import hashlib
+import json
+import os
+import pwd
+import grp
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+HOST = "127.0.0.1"
+DOVECOT_BIN = os.environ.get("DOVECOT_BIN", "/usr/sbin/dovecot")
+CLAM_ZIP = "/usr/share/clamav-testfiles/clam.zip"
+# The EICAR anti-virus test string, assembled so that this file itself is
+# not a test virus for scanners that look at the repository.
+EICAR = (b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*")
+
+
+# ---------------------------------------------------------------- ports ----
+
+def free_ports(n=1):
+    """Returns n distinct TCP ports that were free on 127.0.0.1 a moment ago.
+
+    The sockets are held open until all n are picked so that the same port
+    is not handed out twice; another process may still take one afterwards,
+    which callers treat as a start-up failure.
+    """
+    socks, ports = [], []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((HOST, 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def free_port():
+    return free_ports(1)[0]
+
+
+def port_listening(port, host=HOST):
+    """True when some socket LISTENs on host:port (read from /proc/net/tcp,
+    so that checking opens no connection and creates no session)."""
+    want = "%s:%04X" % ("".join("%02X" % int(b) for b in reversed(host.split("."))), port)
+    try:
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                parts = line.split()
+                if parts[1] == want and parts[3] == "0A":
+                    return True
+                # Also accept a wildcard listener on that port.
+                if parts[1] == "00000000:%04X" % port and parts[3] == "0A":
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def wait_port(port, timeout=15.0, proc=None, what="service"):
+    """Waits until port listens on 127.0.0.1. Raises RuntimeError on time-out
+    or when proc (a Popen) exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_listening(port):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("%s exited with status %s before listening on %d"
+                               % (what, proc.returncode, port))
+        time.sleep(0.02)
+    raise RuntimeError("%s did not listen on %s:%d within %.0f s" % (what, HOST, port, timeout))
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as gone.
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+    except (OSError, IndexError):
+        return False
+    return True
+
+
+def pid_cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def wait_pid_gone(pid, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    return not pid_alive(pid)
+
+
+def make_traversable(path):
+    """Sets o+x on path and every parent directory up to / (Dovecot's auth
+    process runs as user dovecot and must reach the users file; the mail
+    processes run as the dedicated mail uid)."""
+    path = os.path.abspath(path)
+    while True:
+        st = os.stat(path)
+        if not st.st_mode & 0o001:
+            os.chmod(path, (st.st_mode & 0o7777) | 0o011)
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent
+
+
+# -------------------------------------------------------------- dovecot ----
+
+def mail_ids():
+    """The uid and gid Dovecot's mail processes run as: `nobody`/`nogroup`
+    (Dovecot refuses uid 0 for mail access)."""
+    pw = pwd.getpwnam("nobody")
+    try:
+        gid = grp.getgrnam("nogroup").gr_gid
+    except KeyError:
+        gid = pw.pw_gid
+    return pw.pw_uid, gid
+
+
+class Dovecot:
+    """A throwaway Dovecot instance rooted at workdir.
+
+    users maps user name -> password. Add messages with add_message() before
+    or after start() (Dovecot picks up new maildir files on the next login).
+    """
+
+    def __init__(self, workdir, users, pop3_port=None, imap_port=None):
+        self.workdir = os.path.abspath(workdir)
+        self.users = dict(users)
+        if pop3_port is None or imap_port is None:
+            p, i = free_ports(2)
+            pop3_port = pop3_port or p
+            imap_port = imap_port or i
+        self.pop3_port = pop3_port
+        self.imap_port = imap_port
+        self.config_path = os.path.join(self.workdir, "dovecot.conf")
+        self.base_dir = os.path.join(self.workdir, "run")
+        self.state_dir = os.path.join(self.workdir, "state")
+        self.log_path = os.path.join(self.workdir, "dovecot.log")
+        self.users_path = os.path.join(self.workdir, "users")
+        self.home_root = os.path.join(self.workdir, "home")
+        self.pid = None
+        self._seq = {}
+        self.uid, self.gid = mail_ids()
+        os.makedirs(self.workdir, exist_ok=True)
+        make_traversable(self.workdir)
+        for u in self.users:
+            self.maildir(u)
+
+    def home(self, user):
+        return os.path.join(self.home_root, user)
+
+    def maildir(self, user):
+        """Creates (if needed) and returns the user's Maildir path."""
+        md = os.path.join(self.home(user), "Maildir")
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(md, sub), exist_ok=True)
+        self._chown_tree(self.home_root)
+        return md
+
+    def _chown_tree(self, top):
+        for dirpath, dirnames, filenames in os.walk(top):
+            os.chown(dirpath, self.uid, self.gid)
+            for fn in filenames:
+                os.chown(os.path.join(dirpath, fn), self.uid, self.gid)
+
+    def _next_name(self, user):
+        # Dovecot assigns UIDs to new maildir files in the order of the
+        # timestamp that starts the file name: keep them increasing so the
+        # POP3 message numbers follow the order of add_message() calls.
+        n = self._seq.get(user, 0) + 1
+        md = self.maildir(user)
+        existing = len(os.listdir(os.path.join(md, "new"))) + len(os.listdir(os.path.join(md, "cur")))
+        n = max(n, existing + 1)
+        self._seq[user] = n
+        return "%d.M%06dP%d.mmharness" % (1600000000 + n, n, os.getpid())
+
+    def add_message(self, user, data):
+        """Writes one message (bytes with LF line ends, as maildir stores
+        them; Dovecot serves them with CRLF) to the user's Maildir/new.
+        Returns the file path."""
+        md = self.maildir(user)
+        name = self._next_name(user)
+        tmp = os.path.join(md, "tmp", name)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.chown(tmp, self.uid, self.gid)
+        final = os.path.join(md, "new", name)
+        os.rename(tmp, final)
+        return final
+
+    def add_message_streamed(self, user, writer):
+        """Like add_message, but writer(fileobj) writes the content (for
+        messages too big to build in memory)."""
+        md = self.maildir(user)
+        name = self._next_name(user)
+        tmp = os.path.join(md, "tmp", name)
+        with open(tmp, "wb") as f:
+            writer(f)
+        os.chown(tmp, self.uid, self.gid)
+        final = os.path.join(md, "new", name)
+        os.rename(tmp, final)
+        return final
+
+    def write_config(self):
+        uid, gid = self.uid, self.gid
+        with open(self.users_path, "w") as f:
+            for u, pw in self.users.items():
+                f.write("%s:{PLAIN}%s:%d:%d::%s::\n" % (u, pw, uid, gid, self.home(u)))
+        os.chmod(self.users_path, 0o644)
+        conf = """# mmharness throwaway Dovecot: loopback only, plaintext, test users.
+instance_name = mmharness-{pop3}
+base_dir = {base}
+state_dir = {state}
+log_path = {log}
+info_log_path = {log}
+listen = 127.0.0.1
+protocols = pop3 imap
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_failure_delay = 0
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN {users}
+}}
+userdb {{
+  driver = passwd-file
+  args = {users}
+}}
+mail_location = maildir:~/Maildir
+service pop3-login {{
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {pop3}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {imap}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+protocol pop3 {{
+  mail_max_userip_connections = 100
+}}
+protocol imap {{
+  mail_max_userip_connections = 100
+}}
+""".format(base=self.base_dir, state=self.state_dir, log=self.log_path,
+           users=self.users_path, pop3=self.pop3_port, imap=self.imap_port)
+        with open(self.config_path, "w") as f:
+            f.write(conf)
+        os.chmod(self.config_path, 0o644)
+
+    def start(self, timeout=20.0):
+        """Starts Dovecot (it daemonizes) and waits until both ports listen.
+        Returns the master PID."""
+        self.write_config()
+        for d in (self.base_dir, self.state_dir):
+            os.makedirs(d, exist_ok=True)
+        # Dovecot daemonizes; its master keeps the descriptors it was given,
+        # so its output goes to a file (a pipe would never see EOF).
+        out_path = os.path.join(self.workdir, "dovecot.start.out")
+        with open(out_path, "wb") as out:
+            r = subprocess.run([DOVECOT_BIN, "-c", self.config_path],
+                               stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        if r.returncode != 0:
+            with open(out_path, errors="replace") as f:
+                said = f.read()
+            raise RuntimeError("dovecot failed to start (%d): %s\n%s" % (
+                r.returncode, said, self.log_tail()))
+        deadline = time.monotonic() + timeout
+        pidfile = os.path.join(self.base_dir, "master.pid")
+        while time.monotonic() < deadline:
+            if os.path.exists(pidfile):
+                try:
+                    with open(pidfile) as f:
+                        self.pid = int(f.read().strip())
+                    break
+                except ValueError:
+                    pass
+            time.sleep(0.02)
+        if self.pid is None:
+            raise RuntimeError("dovecot wrote no master.pid\n" + self.log_tail())
+        try:
+            wait_port(self.pop3_port, max(1.0, deadline - time.monotonic()), what="dovecot pop3")
+            wait_port(self.imap_port, max(1.0, deadline - time.monotonic()), what="dovecot imap")
+        except RuntimeError:
+            self.stop()
+            raise RuntimeError("dovecot did not listen\n" + self.log_tail())
+        return self.pid
+
+    def stop(self, timeout=15.0):
+        if self.pid is not None:
+            stop_dovecot_pid(self.pid, self.config_path, timeout)
+            self.pid = None
+
+    def log_tail(self, n=30):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return "(no dovecot log)"
+
+    def state(self):
+        return {"pid": self.pid, "workdir": self.workdir, "config": self.config_path,
+                "log": self.log_path, "host": HOST, "pop3_port": self.pop3_port,
+                "imap_port": self.imap_port}
+
+
+def stop_dovecot_pid(pid, config_path=None, timeout=15.0):
+    """Stops the Dovecot master pid (SIGTERM, then SIGKILL after timeout) and
+    waits for it. When config_path is given, a pid whose command line does
+    not mention it is left alone (the pid was reused). Returns True when a
+    process was stopped."""
+    if not pid or not pid_alive(pid):
+        return False
+    cmd = pid_cmdline(pid)
+    if config_path and config_path not in cmd:
+        return False
+    if "dovecot" not in cmd:
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    if not wait_pid_gone(pid, timeout):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        wait_pid_gone(pid, 5)
+    return True
+
+
+# ------------------------------------------------------------- messages ----
+#
+# Every builder returns bytes with LF line ends (maildir storage form).
+
+_msgid_seq = [0]
+
+
+def _msgid(tag):
+    _msgid_seq[0] += 1
+    return "<%s.%d.mmharness@example.test>" % (tag, _msgid_seq[0])
+
+
+def _date(n=0):
+    t = datetime.datetime(2024, 5, 1, 9, 30, 0, tzinfo=datetime.timezone(datetime.timedelta(hours=9)))
+    return email.utils.format_datetime(t + datetime.timedelta(minutes=n))
+
+
+def _headers(frm, to, subject, msgid, n=0, extra=()):
+    h = ["Return-Path: <%s>" % email.utils.parseaddr(frm)[1],
+         "From: %s" % frm, "To: %s" % to, "Subject: %s" % subject,
+         "Date: %s" % _date(n), "Message-ID: %s" % msgid, "MIME-Version: 1.0"]
+    h.extend(extra)
+    return "\n".join(h) + "\n"
+
+
+def _b64_lines(data, width=76):
+    enc = base64.b64encode(data).decode("ascii")
+    return "\n".join(enc[i:i + width] for i in range(0, len(enc), width)) + "\n"
+
+
+def msg_plain(to="alice@example.test", n=0, subject="Lunch on Friday?", body=None):
+    body = body or ("Hi,\n\nare we still on for lunch on Friday? The usual place at noon.\n\n"
+                    "-- \nBob\n")
+    return (_headers("Bob Example <bob@example.test>", to, subject, _msgid("plain"), n,
+                     ["Content-Type: text/plain; charset=us-ascii",
+                      "Content-Transfer-Encoding: 7bit"]) + "\n" + body).encode("ascii")
+
+
+def msg_multipart_attachment(to="alice@example.test", n=0):
+    attach = ("name,qty,price\nwidget,3,9.50\ngadget,1,120.00\n" * 40).encode("ascii")
+    boundary = "=_mmharness_part_%d" % n
+    text = (_headers("Carol Sender <carol@example.test>", to, "Quarterly figures (CSV attached)",
+                     _msgid("multi"), n,
+                     ['Content-Type: multipart/mixed; boundary="%s"' % boundary]) +
+            "\nThis is a multi-part message in MIME format.\n\n"
+            "--%s\nContent-Type: text/plain; charset=us-ascii\n\n"
+            "Please find the figures attached.\n\n"
+            "--%s\nContent-Type: text/csv; name=\"figures.csv\"\n"
+            "Content-Transfer-Encoding: base64\n"
+            "Content-Disposition: attachment; filename=\"figures.csv\"\n\n" % (boundary, boundary) +
+            _b64_lines(attach) + "\n--%s--\n" % boundary)
+    return text.encode("ascii")
+
+
+def _encoded_word(text, charset):
+    return "=?%s?B?%s?=" % (charset.upper(), base64.b64encode(text.encode(charset)).decode("ascii"))
+
+
+def msg_japanese_iso2022jp(to="alice@example.test", n=0):
+    subject = "会議の議事録について"
+    body = "お疲れ様です。\n来週の会議の議事録を送ります。\nよろしくお願いいたします。\n"
+    head = _headers("=?ISO-2022-JP?B?%s?= <tanaka@example.jp>" % base64.b64encode(
+        "田中".encode("iso2022_jp")).decode("ascii"), to, _encoded_word(subject, "iso2022_jp"),
+        _msgid("jis"), n, ["Content-Type: text/plain; charset=ISO-2022-JP",
+                           "Content-Transfer-Encoding: 7bit"])
+    return head.encode("ascii") + b"\n" + body.encode("iso2022_jp")
+
+
+def msg_japanese_utf8(to="alice@example.test", n=0):
+    subject = "【お知らせ】システムメンテナンスのご案内"
+    body = ("各位\n\n下記の日程でシステムメンテナンスを実施します。\n"
+            "日時: 2024年5月10日 22:00〜24:00\n\n情報システム部\n")
+    head = _headers("Suzuki <suzuki@example.jp>", to, _encoded_word(subject, "utf-8"),
+                    _msgid("utf8"), n, ["Content-Type: text/plain; charset=UTF-8",
+                                        "Content-Transfer-Encoding: 8bit"])
+    return head.encode("ascii") + b"\n" + body.encode("utf-8")
+
+
+def msg_dots(to="alice@example.test", n=0):
+    # Lines that begin with "." exercise dot-stuffing (RFC 1939 section 3):
+    # a lone ".", "..", ". x" and ".\r" look-alikes must survive intact.
+    body = ("Dot-stuffing check:\n"
+            ".\n"
+            "..\n"
+            "...\n"
+            ".hidden line\n"
+            ". space after dot\n"
+            "normal line\n"
+            ".\n"
+            "\n"
+            ".\n"
+            "end.\n")
+    return (_headers("Dot Tester <dots@example.test>", to, "Lines that start with a dot",
+                     _msgid("dots"), n, ["Content-Type: text/plain; charset=us-ascii"]) +
+            "\n" + body).encode("ascii")
+
+
+def msg_long_lines(to="alice@example.test", n=0):
+    long1 = "".join(chr(ord("a") + i % 26) for i in range(998))
+    long2 = "".join(chr(ord("A") + i % 26) for i in range(4000))
+    body = "A line of 998 characters follows.\n%s\nAnd one of 4000:\n%s\nend\n" % (long1, long2)
+    return (_headers("Long Liner <long@example.test>", to, "Very long lines",
+                     _msgid("long"), n, ["Content-Type: text/plain; charset=us-ascii"]) +
+            "\n" + body).encode("ascii")
+
+
+def msg_html_alternative(to="alice@example.test", n=0):
+    boundary = "=_alt_%d" % n
+    text = (_headers("Newsletter <news@example.test>", to, "May newsletter", _msgid("html"), n,
+                     ['Content-Type: multipart/alternative; boundary="%s"' % boundary]) +
+            "\n--%s\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n"
+            "Hello =E2=80=94 this is the May newsletter.\n"
+            "--%s\nContent-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n"
+            "<html><body><p>Hello =E2=80=94 this is the <b>May</b> newsletter.</p></body></html>\n"
+            "--%s--\n" % (boundary, boundary, boundary))
+    return text.encode("ascii")
+
+
+def msg_no_final_newline(to="alice@example.test", n=0):
+    return (_headers("Edge Case <edge@example.test>", to, "No newline at the end", _msgid("nonl"), n,
+                     ["Content-Type: text/plain; charset=us-ascii"]) +
+            "\nThis message's last line has no line end.").encode("ascii")
+
+
+def msg_headers_only(to="alice@example.test", n=0):
+    return _headers("Empty Body <empty@example.test>", to, "Headers only", _msgid("empty"), n).encode("ascii")
+
+
+def msg_eicar_attachment(to="bob@example.test", n=0, pad_text=20000,
+                         subject="Invoice 2024-0417 (please check)"):
+    """(a) The EICAR test string as a base64-encoded attachment, after a
+    clean text part of pad_text bytes (so that the original is bigger than
+    a notice, which must then be padded to the original's size)."""
+    boundary = "=_eicar_%d" % n
+    filler = "".join("Line %05d of the invoice text, nothing to see here.\n" % i
+                     for i in range(max(1, pad_text // 52)))
+    text = (_headers("Mallory Invoices <billing@bad.example>", to, subject, _msgid("eicar"), n,
+                     ['Content-Type: multipart/mixed; boundary="%s"' % boundary]) +
+            "\n--%s\nContent-Type: text/plain; charset=us-ascii\n\n%s\n"
+            "--%s\nContent-Type: application/octet-stream; name=\"invoice.com\"\n"
+            "Content-Transfer-Encoding: base64\n"
+            "Content-Disposition: attachment; filename=\"invoice.com\"\n\n"
+            % (boundary, filler, boundary) + _b64_lines(EICAR) + "\n--%s--\n" % boundary)
+    return text.encode("ascii")
+
+
+def msg_clamzip_attachment(to="bob@example.test", n=0, subject="Scanned documents"):
+    """(b) /usr/share/clamav-testfiles/clam.zip as a base64 attachment."""
+    with open(CLAM_ZIP, "rb") as f:
+        data = f.read()
+    boundary = "=_clamzip_%d" % n
+    text = (_headers("Scanner <scanner@bad.example>", to, subject, _msgid("clamzip"), n,
+                     ['Content-Type: multipart/mixed; boundary="%s"' % boundary]) +
+            "\n--%s\nContent-Type: text/plain; charset=us-ascii\n\nYour scanned documents.\n\n"
+            "--%s\nContent-Type: application/zip; name=\"scan.zip\"\n"
+            "Content-Transfer-Encoding: base64\n"
+            "Content-Disposition: attachment; filename=\"scan.zip\"\n\n"
+            % (boundary, boundary) + _b64_lines(data) + "\n--%s--\n" % boundary)
+    return text.encode("ascii")
+
+
+def big_message_writer(size, to="carol@example.test", n=0, seed=None):
+    """Returns writer(f) that streams a message of about size bytes (LF form):
+    a short text part and a random-data attachment in base64, written in
+    1 MiB steps so that the message is never held in memory."""
+    boundary = "=_big_%d" % n
+
+    def writer(f):
+        head = (_headers("Archive Robot <archive@example.test>", to, "Monthly archive (big attachment)",
+                         _msgid("big"), n, ['Content-Type: multipart/mixed; boundary="%s"' % boundary]) +
+                "\n--%s\nContent-Type: text/plain; charset=us-ascii\n\nThe archive is attached.\n\n"
+                "--%s\nContent-Type: application/octet-stream; name=\"archive.bin\"\n"
+                "Content-Transfer-Encoding: base64\n"
+                "Content-Disposition: attachment; filename=\"archive.bin\"\n\n"
+                % (boundary, boundary)).encode("ascii")
+        tail = ("\n--%s--\n" % boundary).encode("ascii")
+        f.write(head)
+        remaining = size - len(head) - len(tail)
+        rnd = __import__("random").Random(seed) if seed is not None else None
+        line_raw = 57                       # 57 raw bytes -> 76 base64 chars + LF
+        per_line = 77
+        lines_total = max(1, remaining // per_line)
+        step = 13617                        # lines per write, about 1 MiB
+        done = 0
+        while done < lines_total:
+            k = min(step, lines_total - done)
+            raw = rnd.randbytes(k * line_raw) if rnd else os.urandom(k * line_raw)
+            enc = base64.b64encode(raw)
+            out = bytearray()
+            for i in range(k):
+                out += enc[i * 76:(i + 1) * 76]
+                out += b"\n"
+            f.write(out)
+            done += k
+        f.write(tail)
+    return writer
+
+
+def header_of(data, name):
+    """The raw value of the first header `name` in message bytes (unfolded),
+    or None."""
+    head = data.split(b"\r\n\r\n", 1)[0] if b"\r\n\r\n" in data else data.split(b"\n\n", 1)[0]
+    head = head.replace(b"\r\n", b"\n")
+    value = None
+    for line in re.split(rb"\n(?![ \t])", head):
+        k, sep, v = line.partition(b":")
+        if sep and k.strip().lower() == name.lower().encode():
+            value = v.replace(b"\n", b"").strip()
+            break
+    return value.decode("utf-8", "replace") if value is not None else None
+
+
+# ------------------------------------------------------------- mailmoat ----
+
+def mailmoat_bin():
+    b = os.environ.get("MAILMOAT_BIN")
+    if b:
+        return b
+    src = os.environ.get("MAILMOAT_SRC") or os.path.abspath(
+        os.path.join(os.path.dirname(__file__), "..", ".."))
+    return os.path.join(src, "build", "mailmoat")
+
+
+def source_dir():
+    return os.environ.get("MAILMOAT_SRC") or os.path.abspath(
+        os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def testsigs_dir():
+    return os.path.join(source_dir(), "scanners", "testsigs")
+
+
+def binary_is_sanitized(path):
+    """True when the binary was built with AddressSanitizer (its memory
+    figures then say little)."""
+    try:
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(1 << 20)
+                if not chunk:
+                    return False
+                if b"__asan_init" in chunk or b"AddressSanitizer" in chunk:
+                    return True
+    except OSError:
+        return False
+
+
+def _yaml_str(s):
+    return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def mailmoat_config_yaml(listeners, quarantine_dir, on_malicious="quarantine",
+                         on_scan_error="quarantine", database=None, spool_dir=None,
+                         memory_limit="4M", max_message_size="512M",
+                         admin_contact="postmaster@example.jp", log_level="info",
+                         timeouts=None, limits=None, extra=""):
+    """Builds the YAML text of a mailmoat configuration. listeners is a list
+    of (protocol, listen_port, upstream_port[, upstream_host])."""
+    t = {"client_idle": 600, "upstream_idle": 600, "connect": 15, "shutdown_grace": 10}
+    t.update(timeouts or {})
+    out = ["# generated by mmharness", "listeners:"]
+    for lst in listeners:
+        proto, lport, uport = lst[0], lst[1], lst[2]
+        uhost = lst[3] if len(lst) > 3 else HOST
+        out += ["  - protocol: %s" % proto,
+                "    listen: %s:%d" % (HOST, lport),
+                "    upstream: %s:%d" % (uhost, uport)]
+    out += ["scanner:", "  clamav:", "    database: %s" % _yaml_str(database or testsigs_dir()),
+            "quarantine:", "  dir: %s" % _yaml_str(quarantine_dir),
+            "policy:", "  on_malicious: %s" % on_malicious, "  on_scan_error: %s" % on_scan_error,
+            "notice:", "  admin_contact: %s" % _yaml_str(admin_contact),
+            "spool:", "  memory_limit: %s" % memory_limit,
+            "  max_message_size: %s" % max_message_size]
+    if spool_dir:
+        out.append("  dir: %s" % _yaml_str(spool_dir))
+    out.append("timeouts:")
+    out += ["  %s: %s" % (k, v) for k, v in t.items()]
+    if limits:
+        out.append("limits:")
+        out += ["  %s: %s" % (k, v) for k, v in limits.items()]
+    out.append("log_level: %s" % log_level)
+    return "\n".join(out) + "\n" + extra
+
+
+class Mailmoat:
+    """One mailmoat process on a free port in front of an upstream.
+
+    upstreams: a list of (protocol, upstream_port) pairs; a listen port is
+    picked for each (self.ports[i], and self.port for the first).
+    """
+
+    def __init__(self, workdir, upstreams, binary=None, **cfg):
+        self.workdir = os.path.abspath(workdir)
+        os.makedirs(self.workdir, exist_ok=True)
+        self.binary = binary or mailmoat_bin()
+        self.ports = free_ports(len(upstreams))
+        self.port = self.ports[0]
+        self.quarantine_dir = cfg.pop("quarantine_dir", os.path.join(self.workdir, "quarantine"))
+        self.spool_dir = cfg.pop("spool_dir", os.path.join(self.workdir, "spool"))
+        os.makedirs(self.spool_dir, exist_ok=True)
+        self.config_path = os.path.join(self.workdir, "mailmoat.yaml")
+        self.log_path = os.path.join(self.workdir, "mailmoat.log")
+        listeners = [(u[0], p, u[1]) + tuple(u[2:]) for u, p in zip(upstreams, self.ports)]
+        with open(self.config_path, "w") as f:
+            f.write(mailmoat_config_yaml(listeners, self.quarantine_dir,
+                                         spool_dir=self.spool_dir, **cfg))
+        self.proc = None
+        self.peak_rss_kib = None
+        self.returncode = None
+        self.stop_seconds = None
+
+    def start(self, timeout=30.0, env=None):
+        e = dict(os.environ)
+        e.update(env or {})
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([self.binary, "--config", self.config_path],
+                                     stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=self._log, env=e)
+        try:
+            for p in self.ports:
+                wait_port(p, timeout, self.proc, what="mailmoat")
+        except RuntimeError as ex:
+            self.stop()
+            raise RuntimeError("%s\n--- mailmoat log ---\n%s" % (ex, self.log_text()[-4000:]))
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def read_rss(self):
+        """Returns (VmRSS, VmHWM) in KiB from /proc, or (None, None)."""
+        rss = hwm = None
+        try:
+            with open("/proc/%d/status" % self.proc.pid) as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        hwm = int(line.split()[1])
+                    elif line.startswith("VmRSS:"):
+                        rss = int(line.split()[1])
+        except (OSError, AttributeError):
+            pass
+        return rss, hwm
+
+    def stop(self, timeout=20.0):
+        """SIGTERM and wait. Reads the peak RSS first. Returns the exit
+        status; kills with SIGKILL (and returns None) after timeout."""
+        if self.proc is None:
+            return self.returncode
+        if self.proc.poll() is None:
+            self.peak_rss_kib = self.read_rss()[1]
+            t0 = time.monotonic()
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout)
+                self.stop_seconds = time.monotonic() - t0
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                self.returncode = None
+                self._close_log()
+                return None
+        self.returncode = self.proc.returncode
+        self._close_log()
+        return self.returncode
+
+    def _close_log(self):
+        if getattr(self, "_log", None):
+            self._log.close()
+            self._log = None
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def log_events(self):
+        return [parse_log_line(l) for l in self.log_text().splitlines() if l.strip()]
+
+    def quarantine(self):
+        """Returns a list of (id, eml_path, json_path, meta_dict) in the
+        quarantine directory."""
+        out = []
+        if not os.path.isdir(self.quarantine_dir):
+            return out
+        for fn in sorted(os.listdir(self.quarantine_dir)):
+            if fn.endswith(".json"):
+                qid = fn[:-5]
+                jp = os.path.join(self.quarantine_dir, fn)
+                ep = os.path.join(self.quarantine_dir, qid + ".eml")
+                try:
+                    with open(jp) as f:
+                        meta = json.load(f)
+                except (OSError, ValueError):
+                    meta = None
+                out.append((qid, ep, jp, meta))
+        return out
+
+
+def check_config(path, binary=None):
+    """Runs mailmoat --check-config path; returns (exit status, output)."""
+    r = subprocess.run([binary or mailmoat_bin(), "--check-config", path],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=60)
+    return r.returncode, r.stdout.decode("utf-8", "replace")
+
+
+_kv_re = re.compile(r'([A-Za-z_][A-Za-z0-9_.-]*)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def parse_log_line(line):
+    """Parses one key=value log line into a dict; the words before the first
+    key=value go to '_words' and the whole line to '_line'."""
+    d = {"_line": line}
+    first = _kv_re.search(line)
+    d["_words"] = (line[:first.start()] if first else line).split()
+    for m in _kv_re.finditer(line):
+        v = m.group(2)
+        if v.startswith('"') and v.endswith('"') and len(v) >= 2:
+            v = re.sub(r'\\(.)', r'\1', v[1:-1])
+        d[m.group(1)] = v
+    return d
+
+
+# ------------------------------------------------------------- raw POP3 ----
+
+class RawPop3:
+    """A minimal POP3 client that keeps the exact bytes of every response
+    (dot-stuffing included)."""
+
+    def __init__(self, port, host=HOST, timeout=60.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = bytearray()
+        self.greeting = self.readline()
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def _fill(self):
+        chunk = self.sock.recv(1 << 18)
+        if not chunk:
+            raise EOFError("connection closed by peer")
+        self.buf += chunk
+
+    def readline(self):
+        """One line including its CRLF; EOFError when the peer closes."""
+        while True:
+            i = self.buf.find(b"\n")
+            if i >= 0:
+                line = bytes(self.buf[:i + 1])
+                del self.buf[:i + 1]
+                return line
+            self._fill()
+
+    def read_multiline_raw(self):
+        """The body of a multi-line response up to and including the
+        terminating ".\\r\\n" line, exactly as sent."""
+        pos = 0
+        while True:
+            # An empty body: the terminator is the first line.
+            if self.buf[:3] == b".\r\n":
+                del self.buf[:3]
+                return b".\r\n"
+            i = self.buf.find(b"\r\n.\r\n", max(0, pos - 4))
+            if i >= 0:
+                data = bytes(self.buf[:i + 5])
+                del self.buf[:i + 5]
+                return data
+            pos = len(self.buf)
+            try:
+                self._fill()
+            except EOFError:
+                raise EOFError("connection closed inside a multi-line response "
+                               "(%d bytes received)" % len(self.buf))
+
+    def cmd(self, line):
+        """Sends a command line; returns the status line (bytes, CRLF kept)."""
+        self.send(line.encode() + b"\r\n")
+        return self.readline()
+
+    def cmd_multi(self, line):
+        """Sends a command; returns (status line, raw body or None on -ERR)."""
+        st = self.cmd(line)
+        if not st.startswith(b"+OK"):
+            return st, None
+        return st, self.read_multiline_raw()
+
+    def login(self, user, password):
+        st = self.cmd("USER " + user)
+        if not st.startswith(b"+OK"):
+            raise RuntimeError("USER refused: %r" % st)
+        st = self.cmd("PASS " + password)
+        if not st.startswith(b"+OK"):
+            raise RuntimeError("PASS refused: %r" % st)
+        return st
+
+    def read_all(self, timeout=None):
+        """Reads until the peer closes; returns everything buffered."""
+        if timeout is not None:
+            self.sock.settimeout(timeout)
+        out = bytearray(self.buf)
+        self.buf = bytearray()
+        while True:
+            try:
+                chunk = self.sock.recv(1 << 18)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return bytes(out)
+
+
+def is_multiline_cmd(cmd):
+    """Whether a successful response to cmd is multi-line (RFC 1939, 2449)."""
+    w = cmd.split()
+    verb = w[0].upper() if w else ""
+    return verb in ("RETR", "TOP", "CAPA") or (verb in ("LIST", "UIDL") and len(w) == 1)
+
+
+def pipeline(conn, cmds):
+    """Sends all cmds in one write and reads the responses in order.
+    Returns [(status line, raw body or None)] (the list stops early if the
+    connection closes)."""
+    conn.send(b"".join(c.encode() + b"\r\n" for c in cmds))
+    res = []
+    for c in cmds:
+        try:
+            st = conn.readline()
+            body = conn.read_multiline_raw() if st.startswith(b"+OK") and is_multiline_cmd(c) else None
+        except (EOFError, OSError):
+            break
+        res.append((st, body))
+    return res
+
+
+def unstuff(raw):
+    """Turns a raw multi-line response body (ending in ".\\r\\n") into the
+    message bytes: removes the terminator and the stuffed leading dots."""
+    if raw.endswith(b"\r\n.\r\n"):
+        raw = raw[:-3]
+    elif raw == b".\r\n":
+        return b""
+    lines = raw.split(b"\r\n")
+    return b"\r\n".join(l[1:] if l.startswith(b".") else l for l in lines)
+
+
+def fetch_all_raw(port, user, password, host=HOST, top=None):
+    """Logs in with USER/PASS and returns a dict with the raw status lines
+    and bodies of STAT, LIST, UIDL and every RETR (and TOP n `top` if top is
+    not None)."""
+    out = {}
+    with RawPop3(port, host) as c:
+        c.login(user, password)
+        out["STAT"] = c.cmd("STAT")
+        out["LIST"] = c.cmd_multi("LIST")
+        out["UIDL"] = c.cmd_multi("UIDL")
+        count = int(out["STAT"].split()[1])
+        out["count"] = count
+        out["RETR"] = [c.cmd_multi("RETR %d" % i) for i in range(1, count + 1)]
+        if top is not None:
+            out["TOP"] = [c.cmd_multi("TOP %d %d" % (i, top)) for i in range(1, count + 1)]
+        out["QUIT"] = c.cmd("QUIT")
+    return out
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def log(msg):
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()

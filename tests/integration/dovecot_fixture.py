@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""ctest fixture: one throwaway Dovecot for the whole integration run.
+
+  dovecot_fixture.py start   builds the test mailboxes, starts Dovecot on free
+                             loopback ports, writes $MAILMOAT_IT_STATE/state.json
+  dovecot_fixture.py stop    stops that Dovecot by its PID and removes its files
+
+A leftover from an earlier run (state.json still present) is stopped and
+removed first, so start is safe to repeat.
+"""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.environ.get("MAILMOAT_SRC") or os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(SRC, "deploy", "lib"))
+
+import mmharness as mh  # noqa: E402
+
+STATE_DIR = os.environ.get("MAILMOAT_IT_STATE") or os.path.join(SRC, "build", "it-state")
+STATE = os.path.join(STATE_DIR, "state.json")
+BIG_MIB = int(os.environ.get("MAILMOAT_IT_BIG_MIB", "50"))
+
+USERS = {
+    "alice": "Alice-pw-7Qx!z",     # clean mailbox, every kind of harmless message
+    "bob": "Bob-pw-4Kd#m",         # malicious messages in the middle and at the end
+    "carol": "Carol-pw-9Lr%b",     # the big message
+    "dave": "Dave-pw-2Hs&v",       # auth tests only
+}
+
+
+def build_mailboxes(dv):
+    """Fills the maildirs; returns {user: [message descriptions]}."""
+    plan = {
+        "alice": [
+            ("plain", mh.msg_plain), ("multipart", mh.msg_multipart_attachment),
+            ("iso2022jp", mh.msg_japanese_iso2022jp), ("utf8", mh.msg_japanese_utf8),
+            ("dots", mh.msg_dots), ("long_lines", mh.msg_long_lines),
+            ("html", mh.msg_html_alternative), ("headers_only", mh.msg_headers_only),
+            ("no_final_newline", mh.msg_no_final_newline),
+        ],
+        "bob": [
+            ("plain", mh.msg_plain), ("multipart", mh.msg_multipart_attachment),
+            ("eicar", mh.msg_eicar_attachment), ("iso2022jp", mh.msg_japanese_iso2022jp),
+            ("clamzip", mh.msg_clamzip_attachment), ("dots", mh.msg_dots),
+            ("utf8", mh.msg_japanese_utf8),
+            ("eicar_small", lambda to, n: mh.msg_eicar_attachment(
+                to=to, n=n, pad_text=0, subject="Re: your order")),
+        ],
+        "carol": [("plain", mh.msg_plain)],
+        "dave": [("plain", mh.msg_plain), ("dots", mh.msg_dots)],
+    }
+    described = {}
+    for user, items in plan.items():
+        to = "%s@example.test" % user
+        described[user] = []
+        if user == "carol":
+            # The big message comes first so a client can leave mid-transfer.
+            path = dv.add_message_streamed(user, mh.big_message_writer(BIG_MIB << 20, to=to, n=0))
+            described[user].append({"num": 1, "kind": "big", "infected": False,
+                                    "file": path, "size_lf": os.path.getsize(path)})
+        for kind, fn in items:
+            data = fn(to=to, n=len(described[user]))
+            path = dv.add_message(user, data)
+            described[user].append({
+                "num": len(described[user]) + 1, "kind": kind,
+                "infected": kind.startswith(("eicar", "clamzip")),
+                "file": path, "size_lf": len(data),
+                "subject": mh.header_of(data, "Subject"),
+                "from": mh.header_of(data, "From"),
+                "message_id": mh.header_of(data, "Message-ID")})
+    return described
+
+
+def stop_leftover():
+    if not os.path.exists(STATE):
+        return
+    try:
+        with open(STATE) as f:
+            st = json.load(f)
+    except (OSError, ValueError):
+        st = {}
+    if st.get("pid"):
+        if mh.stop_dovecot_pid(st["pid"], st.get("config")):
+            print("stopped Dovecot left over from an earlier run (pid %d)" % st["pid"])
+    wd = st.get("workdir")
+    if wd and os.path.basename(wd).startswith("mailmoat-it-dovecot-") and os.path.isdir(wd):
+        shutil.rmtree(wd, ignore_errors=True)
+    os.unlink(STATE)
+
+
+def start():
+    os.makedirs(STATE_DIR, exist_ok=True)
+    stop_leftover()
+    t0 = time.monotonic()
+    workdir = tempfile.mkdtemp(prefix="mailmoat-it-dovecot-")
+    os.chmod(workdir, 0o755)
+    dv = mh.Dovecot(workdir, USERS)
+    described = build_mailboxes(dv)
+    try:
+        dv.start()
+    except Exception:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    state = dv.state()
+    state["users"] = {u: {"password": pw, "messages": described[u]} for u, pw in USERS.items()}
+    state["started_at"] = time.time()
+    tmp = STATE + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(state, f, indent=1)
+    os.rename(tmp, STATE)
+    print("Dovecot %s pid %d: pop3 %s:%d imap %s:%d, work dir %s (%.1f s)" % (
+        mh.DOVECOT_BIN, dv.pid, mh.HOST, dv.pop3_port, mh.HOST, dv.imap_port, workdir,
+        time.monotonic() - t0))
+    for u, msgs in described.items():
+        print("  %-6s %s" % (u, ", ".join("%d:%s" % (m["num"], m["kind"]) for m in msgs)))
+
+
+def stop():
+    if not os.path.exists(STATE):
+        print("no fixture state at %s: nothing to stop" % STATE)
+        return
+    with open(STATE) as f:
+        st = json.load(f)
+    t0 = time.monotonic()
+    stopped = mh.stop_dovecot_pid(st.get("pid"), st.get("config"))
+    # Keep Dovecot's log next to the state for a look after a failed run.
+    try:
+        shutil.copy(st["log"], os.path.join(STATE_DIR, "dovecot.log"))
+    except (OSError, KeyError):
+        pass
+    wd = st.get("workdir")
+    if wd and os.path.basename(wd).startswith("mailmoat-it-dovecot-"):
+        shutil.rmtree(wd, ignore_errors=True)
+    os.unlink(STATE)
+    print("Dovecot pid %s %s (%.1f s)" % (st.get("pid"), "stopped" if stopped else "was not running",
+                                          time.monotonic() - t0))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in ("start", "stop"):
+        sys.exit("usage: dovecot_fixture.py start|stop")
+    start() if sys.argv[1] == "start" else stop()

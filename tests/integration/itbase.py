@@ -1,0 +1,170 @@
+"""Common ground for the POP3 integration tests (not a test file itself).
+
+Reads the Dovecot fixture's state ($MAILMOAT_IT_STATE/state.json, written by
+dovecot_fixture.py start), starts a mailmoat per test class or test on free
+loopback ports, and holds the assertions several files share.
+"""
+
+import base64
+import email
+import email.policy
+import hashlib
+import json
+import os
+import poplib
+import shutil
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.environ.get("MAILMOAT_SRC") or os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(SRC, "deploy", "lib"))
+
+import mmharness as mh  # noqa: E402
+
+# Long lines (4000 characters) are part of the clean mailbox.
+poplib._MAXLINE = 1 << 20
+
+STATE_DIR = os.environ.get("MAILMOAT_IT_STATE") or os.path.join(SRC, "build", "it-state")
+NOTICE_MARK = "[mailmoat:"
+ADMIN = "postmaster@example.jp"
+
+
+def load_state():
+    path = os.path.join(STATE_DIR, "state.json")
+    if not os.path.exists(path):
+        raise unittest.SkipTest("no Dovecot fixture state at %s (run through ctest, "
+                                "or: dovecot_fixture.py start)" % path)
+    with open(path) as f:
+        return json.load(f)
+
+
+def out(msg):
+    """Prints a figure or note so that it shows in the ctest output."""
+    print(msg, flush=True)
+
+
+class ProxyCase(unittest.TestCase):
+    """Base class: self.st (fixture state), self.up (Dovecot POP3 port),
+    start_proxy() and helpers."""
+
+    maxDiff = 4000
+
+    @classmethod
+    def setUpClass(cls):
+        cls.st = load_state()
+        cls.up = cls.st["pop3_port"]
+        if not os.path.exists(mh.mailmoat_bin()):
+            raise unittest.SkipTest("mailmoat binary not built: %s" % mh.mailmoat_bin())
+        cls.sanitized = mh.binary_is_sanitized(mh.mailmoat_bin())
+        cls._tmp = tempfile.mkdtemp(prefix="mailmoat-it-")
+        cls._class_proxies = []
+
+    @classmethod
+    def tearDownClass(cls):
+        for p in cls._class_proxies:
+            p.stop()
+        if not os.environ.get("MAILMOAT_IT_KEEP"):
+            shutil.rmtree(cls._tmp, ignore_errors=True)
+
+    @classmethod
+    def class_proxy(cls, name="proxy", upstream_port=None, **cfg):
+        """Starts a mailmoat that lives for the whole class."""
+        p = mh.Mailmoat(os.path.join(cls._tmp, name),
+                        [("pop3", upstream_port or cls.up)], **cfg).start()
+        cls._class_proxies.append(p)
+        return p
+
+    def start_proxy(self, name=None, upstream_port=None, **cfg):
+        """Starts a mailmoat for this test only (stopped at clean-up; a
+        crash or unclean exit fails the test there)."""
+        name = name or self._testMethodName
+        p = mh.Mailmoat(os.path.join(self._tmp, name), [("pop3", upstream_port or self.up)], **cfg)
+        p.start()
+        self.addCleanup(self._stop_checked, p)
+        return p
+
+    def _stop_checked(self, p):
+        was_alive = p.alive()
+        rc = p.stop()
+        if not was_alive:
+            self.fail("mailmoat exited during the test with status %s; log tail:\n%s"
+                      % (p.proc.returncode, p.log_text()[-3000:]))
+        self.assertEqual(rc, 0, "mailmoat did not exit 0 on SIGTERM (status %s); log tail:\n%s"
+                         % (rc, p.log_text()[-3000:]))
+
+    # ---- fixture data ----
+
+    def user(self, name):
+        return name, self.st["users"][name]["password"]
+
+    def messages(self, name):
+        return self.st["users"][name]["messages"]
+
+    def infected_nums(self, name):
+        return [m["num"] for m in self.messages(name) if m["infected"]]
+
+    def direct(self, name, top=None):
+        """The reference: everything fetched straight from Dovecot."""
+        u, pw = self.user(name)
+        return mh.fetch_all_raw(self.up, u, pw, top=top)
+
+    # ---- assertions ----
+
+    def assertProxyAlive(self, proxy):
+        self.assertTrue(proxy.alive(), "mailmoat is gone (status %s); log tail:\n%s"
+                        % (proxy.proc.returncode, proxy.log_text()[-3000:]))
+
+    def assertNotice(self, notice, original, list_size, signature_hint=None):
+        """notice and original are unstuffed message bytes."""
+        self.assertNotEqual(notice, original)
+        subj = mh.header_of(notice, "Subject")
+        self.assertIsNotNone(subj, "notice has no Subject")
+        self.assertIn(NOTICE_MARK, subj, "Subject not marked: %r" % subj)
+        for h in ("From", "To", "Date", "Message-ID"):
+            self.assertEqual(mh.header_of(notice, h), mh.header_of(original, h),
+                             "notice changed the %s header" % h)
+        # A valid message: header/body separator, CRLF lines only, no line
+        # over the RFC 5322 limit, parseable MIME.
+        self.assertIn(b"\r\n\r\n", notice)
+        self.assertNotIn(b"\n", notice.replace(b"\r\n", b""), "bare LF in notice")
+        self.assertNotIn(b"\r", notice.replace(b"\r\n", b""), "bare CR in notice")
+        longest = max(len(l) for l in notice.split(b"\r\n"))
+        self.assertLessEqual(longest, 998, "notice line of %d octets" % longest)
+        msg = email.message_from_bytes(notice, policy=email.policy.default)
+        text = []
+        for part in msg.walk():
+            if part.get_content_maintype() == "text":
+                text.append(part.get_content())
+        self.assertTrue(text, "notice has no text part")
+        self.assertIn(ADMIN, "\n".join(text), "notice does not name the admin contact")
+        # The malware itself never leaves the proxy, neither raw nor in the
+        # base64 form it had in the original.
+        self.assertNotIn(mh.EICAR, notice)
+        self.assertNotIn(base64.b64encode(mh.EICAR)[:40], notice)
+        with open(mh.CLAM_ZIP, "rb") as f:
+            self.assertNotIn(base64.b64encode(f.read())[:60], notice)
+        # Padded to the original's LIST size when the original is bigger.
+        self.assertGreaterEqual(len(notice), list_size,
+                                "notice (%d) smaller than the LIST size %d"
+                                % (len(notice), list_size))
+
+    def assertLogClean(self, proxy, secrets):
+        text = proxy.log_text()
+        for s in secrets:
+            self.assertNotIn(s, text, "a credential reached the mailmoat log")
+
+
+def list_sizes(raw_list_body):
+    """{num: size} from the raw body of a LIST response."""
+    sizes = {}
+    for line in mh.unstuff(raw_list_body).split(b"\r\n"):
+        if line.strip():
+            n, s = line.split()[:2]
+            sizes[int(n)] = int(s)
+    return sizes
+
+
+def sha256(b):
+    return hashlib.sha256(b).hexdigest()
