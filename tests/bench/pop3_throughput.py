@@ -87,7 +87,16 @@ def main():
     h.make_traversable(work)
     msgs = corpus(a.messages)
     dv = h.Dovecot(os.path.join(work, "dovecot"), {"bench": "benchpw"})
-    files = [dv.add_message("bench", m) for m in msgs]
+    for m in msgs:
+        dv.add_message("bench", m)
+    # the scan baseline reads the bytes the proxy scans: CRLF lines, as served
+    cdir = os.path.join(work, "corpus")
+    os.makedirs(cdir)
+    files = []
+    for i, m in enumerate(msgs):
+        files.append(os.path.join(cdir, "%04d.eml" % i))
+        with open(files[-1], "wb") as f:
+            f.write(m.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
     dv.start()
     mm = None
     try:
@@ -103,7 +112,9 @@ def main():
         scan_line = None
         if scan_bin:
             r = subprocess.run([scan_bin, h.testsigs_dir(), str(a.rounds)] + files,
-                               stdout=subprocess.PIPE, check=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            if r.returncode != 0:
+                raise RuntimeError("bench_scan failed: %s" % r.stderr.decode()[-2000:])
             scan_line = r.stdout.decode().strip()
         print("corpus messages=%d bytes=%d" % (count, size))
         print("direct_serial   msgs_per_s=%.1f" % (count / t_direct))
