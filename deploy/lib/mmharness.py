@@ -263,7 +263,7 @@ listen = 127.0.0.1
 protocols = pop3 imap
 ssl = no
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login apop
 auth_failure_delay = 0
 passdb {{
   driver = passwd-file
@@ -290,6 +290,14 @@ service imap-login {{
   }}
   inet_listener imaps {{
     port = 0
+  }}
+}}
+# Tests fail logins on purpose, all from 127.0.0.1: switch off the growing
+# per-IP auth penalty (Dovecot's documented way: the auth process cannot
+# reach anvil's penalty socket).
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
   }}
 }}
 protocol pop3 {{
@@ -695,6 +703,7 @@ class Mailmoat:
         self.peak_rss_kib = None
         self.returncode = None
         self.stop_seconds = None
+        self.stopped = False          # stop() was called (not a crash)
 
     def start(self, timeout=30.0, env=None):
         e = dict(os.environ)
@@ -738,6 +747,7 @@ class Mailmoat:
         if self.proc is None:
             return self.returncode
         if self.proc.poll() is None:
+            self.stopped = True
             self.peak_rss_kib = self.read_rss()[1]
             t0 = time.monotonic()
             try:

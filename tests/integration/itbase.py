@@ -86,6 +86,9 @@ class ProxyCase(unittest.TestCase):
         return p
 
     def _stop_checked(self, p):
+        if p.stopped:
+            self.assertEqual(p.returncode, 0, "mailmoat did not exit 0 on SIGTERM")
+            return
         was_alive = p.alive()
         rc = p.stop()
         if not was_alive:
@@ -101,6 +104,18 @@ class ProxyCase(unittest.TestCase):
 
     def messages(self, name):
         return self.st["users"][name]["messages"]
+
+    def maildir_bytes(self, m):
+        """The message as stored in the maildir (LF line ends). Dovecot
+        moves files from new/ to cur/ and appends flags to the name."""
+        base = os.path.basename(m["file"]).split(":")[0]
+        md = os.path.dirname(os.path.dirname(m["file"]))
+        for sub in ("cur", "new"):
+            for fn in os.listdir(os.path.join(md, sub)):
+                if fn.split(":")[0] == base:
+                    with open(os.path.join(md, sub, fn), "rb") as f:
+                        return f.read()
+        raise FileNotFoundError(m["file"])
 
     def infected_nums(self, name):
         return [m["num"] for m in self.messages(name) if m["infected"]]
