@@ -704,6 +704,7 @@ class Mailmoat:
         self.returncode = None
         self.stop_seconds = None
         self.stopped = False          # stop() was called (not a crash)
+        self.term_sent_at = None
 
     def start(self, timeout=30.0, env=None):
         e = dict(os.environ)
@@ -741,6 +742,18 @@ class Mailmoat:
             pass
         return rss, hwm
 
+    def terminate(self):
+        """Reads the peak RSS, then sends SIGTERM once (a second SIGTERM
+        may mean "stop now" to a daemon) without waiting."""
+        if self.proc is None or self.proc.poll() is not None or self.term_sent_at is not None:
+            return
+        self.peak_rss_kib = self.read_rss()[1]
+        self.term_sent_at = time.monotonic()
+        try:
+            self.proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
     def stop(self, timeout=20.0):
         """SIGTERM and wait. Reads the peak RSS first. Returns the exit
         status; kills with SIGKILL (and returns None) after timeout."""
@@ -748,12 +761,9 @@ class Mailmoat:
             return self.returncode
         if self.proc.poll() is None:
             self.stopped = True
-            self.peak_rss_kib = self.read_rss()[1]
-            t0 = time.monotonic()
-            try:
-                self.proc.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            if self.term_sent_at is None:
+                self.terminate()
+            t0 = self.term_sent_at
             try:
                 self.proc.wait(timeout)
                 self.stop_seconds = time.monotonic() - t0
