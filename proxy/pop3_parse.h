@@ -45,7 +45,9 @@ struct pop3_resp_event {
 	int multiline;
 	/*
 	 * STATUS: the whole line as received, line ending included.
-	 * DATA: unstuffed body bytes (line endings as received: CRLF or bare LF).
+	 * DATA: unstuffed body bytes (line endings as received: CRLF or bare LF),
+	 * in the caller's buffer or, for the CR of a ".\r" not followed by LF,
+	 * a static one-byte string.
 	 */
 	const char *data;
 	size_t len;
@@ -72,6 +74,11 @@ struct pop3_resp_parser {
 	size_t line_len;       /* status line bytes held in line[] */
 	char line[POP3_STATUS_MAX];
 	const char *error; /* static text, set on POP3_ERROR */
+	/*
+	 * Bytes consumed since pop3_resp_init. On POP3_ERROR: the offset (same
+	 * origin) of the byte that made the input invalid, for the log line.
+	 */
+	uint64_t pos;
 };
 
 /* Initialises p in the IDLE state. max_body bounds a multi-line body (0 = no bound). */
@@ -155,8 +162,9 @@ size_t pop3_stuff(struct pop3_stuffer *s, const char *in, size_t len, char *out)
 
 /*
  * Writes the terminator into out (at least 5 bytes): a CRLF first when the
- * body did not end at a line start, then ".\r\n" (or ".\n" when crlf is 0).
- * Returns the number of bytes written.
+ * body did not end at a line start (whatever crlf says: RFC 1939 lines end
+ * in CRLF), then ".\r\n" (or ".\n" when crlf is 0). Returns the number of
+ * bytes written; s is back at a line start.
  */
 size_t pop3_stuff_finish(struct pop3_stuffer *s, int crlf, char *out);
 
