@@ -1047,6 +1047,18 @@ static int p3_client_held(struct pop3_session *s)
 	       (s->tail->kind == P3K_AUTH || s->tail->kind == P3K_SASL);
 }
 
+/* True when a command line holds a CR or NUL before its line ending. */
+static int p3_line_unsafe(const struct pop3_cmd *cmd)
+{
+	size_t n = cmd->line_len;
+
+	if (n > 0 && cmd->line[n - 1] == '\n')
+		n--;
+	if (n > 0 && cmd->line[n - 1] == '\r')
+		n--;
+	return memchr(cmd->line, '\r', n) != NULL || memchr(cmd->line, '\0', n) != NULL;
+}
+
 /* One client line: make its slot and forward it upstream. */
 static void p3_command(struct pop3_session *s, const struct pop3_cmd *cmd)
 {
@@ -1162,6 +1174,15 @@ static int p3_client_input(struct pop3_session *s)
 
 			if (sl != NULL)
 				p3_set_line(sl, "-ERR line too long\r\n");
+			continue;
+		}
+		if (p3_line_unsafe(&cmd)) {
+			/* never forward: a server splitting lines at CR would read
+			 * a command the proxy did not see */
+			struct p3_slot *sl = p3_slot_add(s, P3K_LOCAL);
+
+			if (sl != NULL)
+				p3_set_line(sl, "-ERR bare CR or NUL in command\r\n");
 			continue;
 		}
 		p3_command(s, &cmd);

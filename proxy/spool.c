@@ -25,6 +25,7 @@ struct spool {
 	int fd; /* spill file, -1 while in memory */
 	int frozen;
 	int overflowed;
+	int err; /* a failed spill-file write: sticky, negative errno */
 	size_t mem_limit;
 	uint64_t max_size;
 	uint64_t size; /* bytes accepted */
@@ -116,6 +117,17 @@ static int spool_flush(struct spool *sp)
 	return r;
 }
 
+/*
+ * Records a write failure for good: bytes already counted in size may be
+ * missing from the file, so every later append and the freeze fail too and
+ * nobody can take the spool for a complete message.
+ */
+static int spool_fail(struct spool *sp, int r)
+{
+	sp->err = r;
+	return r;
+}
+
 int spool_append(struct spool *sp, const void *data, size_t len)
 {
 	const char *p = data;
@@ -123,6 +135,8 @@ int spool_append(struct spool *sp, const void *data, size_t len)
 
 	if (sp->frozen)
 		return -EINVAL;
+	if (sp->err < 0)
+		return sp->err;
 	if (sp->overflowed)
 		return -EFBIG;
 	if (sp->max_size != 0 && sp->size + len > sp->max_size) {
@@ -134,7 +148,7 @@ int spool_append(struct spool *sp, const void *data, size_t len)
 	if (sp->fd < 0 && sp->size + len > sp->mem_limit) {
 		r = spool_spill(sp);
 		if (r < 0)
-			return r;
+			return spool_fail(sp, r);
 	}
 	if (sp->fd < 0) {
 		if (sp->size + len > sp->mem_cap) {
@@ -165,12 +179,12 @@ int spool_append(struct spool *sp, const void *data, size_t len)
 	if (sp->wbuf_len + len > sp->mem_cap) {
 		r = spool_flush(sp);
 		if (r < 0)
-			return r;
+			return spool_fail(sp, r);
 	}
 	if (len >= sp->mem_cap) {
 		r = spool_write_all(sp->fd, p, len);
 		if (r < 0)
-			return r;
+			return spool_fail(sp, r);
 	} else {
 		memcpy(sp->mem + sp->wbuf_len, p, len);
 		sp->wbuf_len += len;
@@ -181,8 +195,10 @@ int spool_append(struct spool *sp, const void *data, size_t len)
 
 int spool_freeze(struct spool *sp)
 {
-	int r = spool_flush(sp);
+	int r = sp->err < 0 ? sp->err : spool_flush(sp);
 
+	if (r < 0)
+		sp->err = r;
 	sp->frozen = 1;
 	if (sp->fd >= 0) {
 		free(sp->mem);

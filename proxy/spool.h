@@ -34,7 +34,12 @@ struct spool *spool_new(size_t mem_limit, const char *tmpdir, uint64_t max_size)
  */
 int spool_append(struct spool *sp, const void *data, size_t len);
 
-/* Marks the spool complete and read-only; flushes pending file writes. */
+/*
+ * Marks the spool complete and read-only; flushes pending file writes.
+ * Returns 0, or the negative errno of any write that failed since creation
+ * (such a failure also makes every later spool_append fail): a spool whose
+ * freeze failed must not be used as a whole message.
+ */
 int spool_freeze(struct spool *sp);
 
 /* Bytes appended so far (excluding bytes dropped past max_size). */
