@@ -26,7 +26,6 @@ import os
 import pwd
 import grp
 import re
-import shutil
 import signal
 import socket
 import subprocess

@@ -2,7 +2,6 @@
 retrieval) and fetchmail (downloading a whole mailbox with an MDA, keep)."""
 
 import os
-import re
 import shutil
 import subprocess
 import sys

@@ -6,7 +6,6 @@ the next download in a fresh session works the same way."""
 import hashlib
 import os
 import poplib
-import re
 import stat
 import unittest
 
