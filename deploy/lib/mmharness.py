@@ -168,8 +168,9 @@ class Dovecot:
     or after start() (Dovecot picks up new maildir files on the next login).
     """
 
-    def __init__(self, workdir, users, pop3_port=None, imap_port=None):
+    def __init__(self, workdir, users, pop3_port=None, imap_port=None, tls=False):
         self.workdir = os.path.abspath(workdir)
+        self.tls = tls
         self.users = dict(users)
         if pop3_port is None or imap_port is None:
             p, i = free_ports(2)
@@ -252,7 +253,20 @@ class Dovecot:
             for u, pw in self.users.items():
                 f.write("%s:{PLAIN}%s:%d:%d::%s::\n" % (u, pw, uid, gid, self.home(u)))
         os.chmod(self.users_path, 0o644)
-        conf = """# mmharness throwaway Dovecot: loopback only, plaintext, test users.
+        ssl = "ssl = no"
+        if self.tls:
+            # A self-signed certificate, so that Dovecot offers STLS (the
+            # proxy must hide it) while plaintext logins stay allowed.
+            cert = os.path.join(self.workdir, "cert.pem")
+            key = os.path.join(self.workdir, "key.pem")
+            if not os.path.exists(cert):
+                subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                                "-subj", "/CN=localhost", "-days", "2", "-keyout", key, "-out", cert],
+                               check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+                os.chmod(key, 0o600)
+            ssl = "ssl = yes\nssl_cert = <%s\nssl_key = <%s" % (cert, key)
+        conf = """# mmharness throwaway Dovecot: loopback only, test users.
 instance_name = mmharness-{pop3}
 base_dir = {base}
 state_dir = {state}
@@ -260,7 +274,7 @@ log_path = {log}
 info_log_path = {log}
 listen = 127.0.0.1
 protocols = pop3 imap
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain login apop
 auth_failure_delay = 0
@@ -306,7 +320,7 @@ protocol imap {{
   mail_max_userip_connections = 100
 }}
 """.format(base=self.base_dir, state=self.state_dir, log=self.log_path,
-           users=self.users_path, pop3=self.pop3_port, imap=self.imap_port)
+           users=self.users_path, pop3=self.pop3_port, imap=self.imap_port, ssl=ssl)
         with open(self.config_path, "w") as f:
             f.write(conf)
         os.chmod(self.config_path, 0o644)
@@ -553,21 +567,32 @@ def msg_clamzip_attachment(to="bob@example.test", n=0, subject="Scanned document
     return text.encode("ascii")
 
 
-def big_message_writer(size, to="carol@example.test", n=0, seed=None):
+def _attachment(boundary, filename, ctype, data):
+    return ("--%s\nContent-Type: %s; name=\"%s\"\nContent-Transfer-Encoding: base64\n"
+            "Content-Disposition: attachment; filename=\"%s\"\n\n" % (boundary, ctype, filename, filename)
+            + _b64_lines(data) + "\n")
+
+
+def big_message_writer(size, to="carol@example.test", n=0, seed=None, tail_parts=(),
+                       subject="Monthly archive (big attachment)",
+                       frm="Archive Robot <archive@example.test>"):
     """Returns writer(f) that streams a message of about size bytes (LF form):
     a short text part and a random-data attachment in base64, written in
-    1 MiB steps so that the message is never held in memory."""
+    1 MiB steps so that the message is never held in memory. tail_parts,
+    a list of (filename, content type, bytes), are attached after the big
+    one (a payload at the end of a big message)."""
     boundary = "=_big_%d" % n
 
     def writer(f):
-        head = (_headers("Archive Robot <archive@example.test>", to, "Monthly archive (big attachment)",
-                         _msgid("big"), n, ['Content-Type: multipart/mixed; boundary="%s"' % boundary]) +
+        head = (_headers(frm, to, subject, _msgid("big"), n,
+                         ['Content-Type: multipart/mixed; boundary="%s"' % boundary]) +
                 "\n--%s\nContent-Type: text/plain; charset=us-ascii\n\nThe archive is attached.\n\n"
                 "--%s\nContent-Type: application/octet-stream; name=\"archive.bin\"\n"
                 "Content-Transfer-Encoding: base64\n"
                 "Content-Disposition: attachment; filename=\"archive.bin\"\n\n"
                 % (boundary, boundary)).encode("ascii")
-        tail = ("\n--%s--\n" % boundary).encode("ascii")
+        tail = ("\n" + "".join(_attachment(boundary, fn, ct, data) for fn, ct, data in tail_parts) +
+                "--%s--\n" % boundary).encode("ascii")
         f.write(head)
         remaining = size - len(head) - len(tail)
         rnd = __import__("random").Random(seed) if seed is not None else None
@@ -588,6 +613,76 @@ def big_message_writer(size, to="carol@example.test", n=0, seed=None):
             done += k
         f.write(tail)
     return writer
+
+
+def eicar_zip():
+    """A zip archive holding eicar.com (built in memory)."""
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("docs/eicar.com", EICAR)
+    return buf.getvalue()
+
+
+def clam_zip():
+    with open(CLAM_ZIP, "rb") as f:
+        return f.read()
+
+
+def msg_forwarded_eicar(to="frank@example.test", n=0):
+    """A forwarded message (message/rfc822) whose inner message carries the
+    EICAR file as a base64 attachment."""
+    inner = msg_eicar_attachment(to="someone@example.test", n=n, pad_text=0,
+                                 subject="Original with attachment").decode("ascii")
+    boundary = "=_fwd_%d" % n
+    text = (_headers("Forwarder <fwd@example.test>", to, "Fwd: Original with attachment",
+                     _msgid("fwd"), n, ['Content-Type: multipart/mixed; boundary="%s"' % boundary]) +
+            "\n--%s\nContent-Type: text/plain; charset=us-ascii\n\nSee the forwarded message.\n\n"
+            "--%s\nContent-Type: message/rfc822\nContent-Disposition: attachment\n\n%s\n--%s--\n"
+            % (boundary, boundary, inner, boundary))
+    return text.encode("ascii")
+
+
+def msg_eicar_inline(to="frank@example.test", n=0):
+    """The EICAR string as plain 7bit text in the body."""
+    return (_headers("Plain Text <plain@bad.example>", to, "Plain text payload", _msgid("inline"), n,
+                     ["Content-Type: text/plain; charset=us-ascii"]) +
+            "\nHere it is:\n").encode("ascii") + EICAR + b"\n"
+
+
+def msg_eicar_zip(to="frank@example.test", n=0):
+    """A zip holding eicar.com, as a base64 attachment."""
+    boundary = "=_ezip_%d" % n
+    text = (_headers("Zipper <zip@bad.example>", to, "Documents (zip)", _msgid("ezip"), n,
+                     ['Content-Type: multipart/mixed; boundary="%s"' % boundary]) +
+            "\n--%s\nContent-Type: text/plain; charset=us-ascii\n\nZipped.\n\n" % boundary +
+            _attachment(boundary, "docs.zip", "application/zip", eicar_zip()) + "--%s--\n" % boundary)
+    return text.encode("ascii")
+
+
+def msg_japanese_infected(to="frank@example.test", n=0):
+    """EICAR attachment under an ISO-2022-JP encoded From and Subject."""
+    subject = "請求書のご送付（至急ご確認ください）"
+    boundary = "=_jinf_%d" % n
+    head = _headers("%s <keiri@bad.example.jp>" % _encoded_word("経理部", "iso2022_jp"), to,
+                    _encoded_word(subject, "iso2022_jp"), _msgid("jinf"), n,
+                    ['Content-Type: multipart/mixed; boundary="%s"' % boundary])
+    body = ("\n--%s\nContent-Type: text/plain; charset=ISO-2022-JP\nContent-Transfer-Encoding: 7bit\n\n"
+            % boundary).encode("ascii") + "請求書を添付します。\n".encode("iso2022_jp") + (
+        "\n" + _attachment(boundary, "seikyu.exe", "application/octet-stream", EICAR) +
+        "--%s--\n" % boundary).encode("ascii")
+    return head.encode("ascii") + body
+
+
+def msg_eicar_no_ids(to="frank@example.test", n=0):
+    """An infected message without Message-ID and Date (spam tools send
+    such things)."""
+    boundary = "=_noid_%d" % n
+    return ("From: nobody@bad.example\nTo: %s\nSubject: no ids\nMIME-Version: 1.0\n"
+            'Content-Type: multipart/mixed; boundary="%s"\n\n--%s\nContent-Type: text/plain\n\nhi\n\n'
+            % (to, boundary, boundary) + _attachment(boundary, "x.com", "application/octet-stream", EICAR) +
+            "--%s--\n" % boundary).encode("ascii")
 
 
 def header_of(data, name):

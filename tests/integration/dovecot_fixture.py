@@ -26,51 +26,84 @@ STATE_DIR = os.environ.get("MAILMOAT_IT_STATE") or os.path.join(SRC, "build", "i
 STATE = os.path.join(STATE_DIR, "state.json")
 BIG_MIB = int(os.environ.get("MAILMOAT_IT_BIG_MIB", "50"))
 
+MID_MIB = int(os.environ.get("MAILMOAT_IT_MID_MIB", "12"))   # above mime_split_above (8M)
+
 USERS = {
     "alice": "Alice-pw-7Qx!z",     # clean mailbox, every kind of harmless message
     "bob": "Bob-pw-4Kd#m",         # malicious messages in the middle and at the end
     "carol": "Carol-pw-9Lr%b",     # the big message
     "dave": "Dave-pw-2Hs&v",       # auth tests only
+    "erin": "Erin-pw-5Tn$c",       # DELE test (its mailbox is emptied)
+    "frank": "Frank-pw-8Wy*q",     # harder payloads: nested, zipped, Japanese, in big messages
 }
 
 
+def _eicar_small(to, n):
+    return mh.msg_eicar_attachment(to=to, n=n, pad_text=0, subject="Re: your order")
+
+
+def _big(kind, tail_parts, subject):
+    def writer_for(to, n):
+        return mh.big_message_writer(MID_MIB << 20, to=to, n=n, tail_parts=tail_parts,
+                                     subject=subject, frm="Big Sender <big@example.test>")
+    return writer_for
+
+
 def build_mailboxes(dv):
-    """Fills the maildirs; returns {user: [message descriptions]}."""
+    """Fills the maildirs; returns {user: [message descriptions]}. Each plan
+    item is (kind, builder, infected); a builder returns bytes, or a
+    streaming writer for big messages (names starting with "big")."""
     plan = {
         "alice": [
-            ("plain", mh.msg_plain), ("multipart", mh.msg_multipart_attachment),
-            ("iso2022jp", mh.msg_japanese_iso2022jp), ("utf8", mh.msg_japanese_utf8),
-            ("dots", mh.msg_dots), ("long_lines", mh.msg_long_lines),
-            ("html", mh.msg_html_alternative), ("headers_only", mh.msg_headers_only),
-            ("no_final_newline", mh.msg_no_final_newline),
+            ("plain", mh.msg_plain, False), ("multipart", mh.msg_multipart_attachment, False),
+            ("iso2022jp", mh.msg_japanese_iso2022jp, False), ("utf8", mh.msg_japanese_utf8, False),
+            ("dots", mh.msg_dots, False), ("long_lines", mh.msg_long_lines, False),
+            ("html", mh.msg_html_alternative, False), ("headers_only", mh.msg_headers_only, False),
+            ("no_final_newline", mh.msg_no_final_newline, False),
         ],
         "bob": [
-            ("plain", mh.msg_plain), ("multipart", mh.msg_multipart_attachment),
-            ("eicar", mh.msg_eicar_attachment), ("iso2022jp", mh.msg_japanese_iso2022jp),
-            ("clamzip", mh.msg_clamzip_attachment), ("dots", mh.msg_dots),
-            ("utf8", mh.msg_japanese_utf8),
-            ("eicar_small", lambda to, n: mh.msg_eicar_attachment(
-                to=to, n=n, pad_text=0, subject="Re: your order")),
+            ("plain", mh.msg_plain, False), ("multipart", mh.msg_multipart_attachment, False),
+            ("eicar", mh.msg_eicar_attachment, True), ("iso2022jp", mh.msg_japanese_iso2022jp, False),
+            ("clamzip", mh.msg_clamzip_attachment, True), ("dots", mh.msg_dots, False),
+            ("utf8", mh.msg_japanese_utf8, False), ("eicar_small", _eicar_small, True),
         ],
-        "carol": [("plain", mh.msg_plain)],
-        "dave": [("plain", mh.msg_plain), ("dots", mh.msg_dots)],
+        "carol": [("big", lambda to, n: mh.big_message_writer(BIG_MIB << 20, to=to, n=n), False),
+                  ("plain", mh.msg_plain, False)],
+        "dave": [("plain", mh.msg_plain, False), ("dots", mh.msg_dots, False)],
+        "erin": [("plain", mh.msg_plain, False), ("eicar", mh.msg_eicar_attachment, True),
+                 ("dots", mh.msg_dots, False)],
+        "frank": [
+            ("plain", mh.msg_plain, False),
+            ("forwarded_eicar", mh.msg_forwarded_eicar, True),
+            ("eicar_inline", mh.msg_eicar_inline, True),
+            ("eicar_zip", mh.msg_eicar_zip, True),
+            ("japanese_eicar", mh.msg_japanese_infected, True),
+            ("eicar_no_ids", mh.msg_eicar_no_ids, True),
+            ("big_clamzip", _big("big_clamzip", [("scan.zip", "application/zip", mh.clam_zip())],
+                                 "Big archive with a zip at the end"), True),
+            ("big_eicar", _big("big_eicar", [("tool.com", "application/octet-stream", mh.EICAR)],
+                               "Big archive with a tool at the end"), True),
+            ("big_clean", _big("big_clean", [], "Big archive, harmless"), False),
+            ("dots", mh.msg_dots, False),
+        ],
     }
     described = {}
     for user, items in plan.items():
         to = "%s@example.test" % user
         described[user] = []
-        if user == "carol":
-            # The big message comes first so a client can leave mid-transfer.
-            path = dv.add_message_streamed(user, mh.big_message_writer(BIG_MIB << 20, to=to, n=0))
-            described[user].append({"num": 1, "kind": "big", "infected": False,
-                                    "file": path, "size_lf": os.path.getsize(path)})
-        for kind, fn in items:
-            data = fn(to=to, n=len(described[user]))
-            path = dv.add_message(user, data)
+        for kind, fn, infected in items:
+            n = len(described[user])
+            made = fn(to=to, n=n)
+            if callable(made):
+                path = dv.add_message_streamed(user, made)
+                with open(path, "rb") as f:
+                    data = f.read(64 << 10)       # the headers are at the start
+            else:
+                data = made
+                path = dv.add_message(user, data)
             described[user].append({
-                "num": len(described[user]) + 1, "kind": kind,
-                "infected": kind.startswith(("eicar", "clamzip")),
-                "file": path, "size_lf": len(data),
+                "num": n + 1, "kind": kind, "infected": infected,
+                "file": path, "size_lf": os.path.getsize(path),
                 "subject": mh.header_of(data, "Subject"),
                 "from": mh.header_of(data, "From"),
                 "message_id": mh.header_of(data, "Message-ID")})
@@ -100,7 +133,7 @@ def start():
     t0 = time.monotonic()
     workdir = tempfile.mkdtemp(prefix="mailmoat-it-dovecot-")
     os.chmod(workdir, 0o755)
-    dv = mh.Dovecot(workdir, USERS)
+    dv = mh.Dovecot(workdir, USERS, tls=True)
     described = build_mailboxes(dv)
     try:
         dv.start()
