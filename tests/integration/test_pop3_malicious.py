@@ -112,6 +112,12 @@ class QuarantineMode(ProxyCase):
             self.assertIn(mh.header_of(original, "From").split("<")[-1].rstrip(">"), meta["from"])
             self.assertEqual(meta["subject"], m["subject"])
             self.assertRegex(str(meta["received_at"]), r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
+            # README's quarantine contract: verdict, the session that
+            # fetched it (the log line's session id), and which message.
+            self.assertEqual(meta.get("verdict"), "infected")
+            self.assertEqual(meta.get("session"), e["_words"][2],
+                             "%s.json session is not the log's session id" % qid)
+            self.assertRegex(str(meta.get("message")), r"\bmsg=%d\b" % n)
         out("quarantine: %s" % ", ".join("%s %s %s" % (quar[i][3]["id"], quar[i][3]["signature"],
                                                        quar[i][3]["size"]) for i in sorted(new_ids)))
 
