@@ -112,6 +112,25 @@ class Auth(ProxyCase):
             c.login(*self.user("dave"))
             self.assertTransactionWorks(c)
 
+    def test_pipelined_sasl(self):
+        """AUTH, its continuation answers and transaction commands in one
+        write: the same bytes come back as from the server itself."""
+        u, pw = self.user("dave")
+        streams = [
+            b"AUTH PLAIN\r\n" + base64.b64encode(b"\0" + u.encode() + b"\0" + pw.encode()) +
+            b"\r\nSTAT\r\nUIDL 1\r\nQUIT\r\n",
+            b"AUTH LOGIN\r\n" + base64.b64encode(u.encode()) + b"\r\n" +
+            base64.b64encode(pw.encode()) + b"\r\nSTAT\r\nQUIT\r\n",
+            b"AUTH\r\nUSER " + u.encode() + b"\r\nPASS " + pw.encode() + b"\r\nLIST\r\nQUIT\r\n",
+        ]
+        for data in streams:
+            got = []
+            for port in (self.up, self.proxy.port):
+                with mh.RawPop3(port) as c:
+                    c.send(data)
+                    got.append(c.read_all(timeout=10))
+            self.assertEqual(got[1], got[0], data.split(b"\r\n")[0])
+
     def test_wrong_password(self):
         u, _ = self.user("dave")
         with mh.RawPop3(self.proxy.port) as c:
