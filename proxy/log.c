@@ -67,7 +67,8 @@ void log_msg(enum log_level level, const char *sid, const char *fmt, ...)
 	(void)w;
 }
 
-char *log_escape(char *dst, size_t dstlen, const char *src, size_t srclen)
+static char *log_escape_set(char *dst, size_t dstlen, const char *src, size_t srclen,
+                            int token)
 {
 	static const char hex[] = "0123456789abcdef";
 	size_t o = 0;
@@ -79,7 +80,8 @@ char *log_escape(char *dst, size_t dstlen, const char *src, size_t srclen)
 		char esc[4];
 		size_t elen;
 
-		if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
+		if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\' ||
+		    (token && (c == ' ' || c == '='))) {
 			esc[0] = '\\';
 			esc[1] = 'x';
 			esc[2] = hex[c >> 4];
@@ -102,4 +104,14 @@ char *log_escape(char *dst, size_t dstlen, const char *src, size_t srclen)
 	}
 	dst[o < dstlen ? o : dstlen - 1] = '\0';
 	return dst;
+}
+
+char *log_escape(char *dst, size_t dstlen, const char *src, size_t srclen)
+{
+	return log_escape_set(dst, dstlen, src, srclen, 0);
+}
+
+char *log_escape_token(char *dst, size_t dstlen, const char *src, size_t srclen)
+{
+	return log_escape_set(dst, dstlen, src, srclen, 1);
 }

@@ -11,7 +11,13 @@
 
 #include <stddef.h>
 
-enum log_level { LOG_LVL_ERROR, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG, LOG_LVL_COUNT };
+enum log_level {
+	LOG_LVL_ERROR,
+	LOG_LVL_WARN,
+	LOG_LVL_INFO,
+	LOG_LVL_DEBUG,
+	LOG_LVL_COUNT
+};
 
 /* Sets the most verbose level that is printed (default LOG_LVL_INFO). */
 void log_set_level(enum log_level level);
@@ -21,7 +27,7 @@ int log_level_parse(const char *name, enum log_level *level_r);
 
 /* Prints one line: "<time> <level> <sid> <fmt...>". sid may be NULL. */
 void log_msg(enum log_level level, const char *sid, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 /*
  * Copies network text into dst (size dstlen, always NUL-terminated) with
@@ -29,5 +35,12 @@ void log_msg(enum log_level level, const char *sid, const char *fmt, ...)
  * truncated to fit with a trailing "..." when cut. Returns dst.
  */
 char *log_escape(char *dst, size_t dstlen, const char *src, size_t srclen);
+
+/*
+ * Like log_escape, and also escapes space and '=' (as \x20, \x3d): for
+ * values printed unquoted (user=, uidl=) so network text can never forge
+ * another key.
+ */
+char *log_escape_token(char *dst, size_t dstlen, const char *src, size_t srclen);
 
 #endif

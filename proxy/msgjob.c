@@ -30,6 +30,7 @@ struct msgjob *msgjob_new(struct server *srv, struct session_base *sb,
 		return NULL;
 	job->srv = srv;
 	job->session_id = sb->id;
+	snprintf(job->session, sizeof(job->session), "%s", sb->sid);
 	job->done = done;
 	spool_ref(spool);
 	job->spool = spool;
@@ -88,6 +89,7 @@ static void msgjob_quarantine(struct msgjob *job, const struct config *cfg)
 	m.from = h.from_utf8;
 	m.subject = h.subject_utf8;
 	m.message = job->message;
+	m.session = job->session;
 	if (quar_store(cfg->quarantine_dir, &m, job->spool, job->quar_id, job->quar_err,
 	               sizeof(job->quar_err)) < 0) {
 		job->quar_failed = 1;

@@ -40,6 +40,7 @@ struct msgjob {
 	char user[128];
 	char upstream[300];
 	char message[160]; /* "msg=3 uidl=..." for quarantine metadata */
+	char session[12];  /* the session's log id, for quarantine metadata */
 
 	/* outputs */
 	struct scan_verdict verdict;

@@ -102,7 +102,7 @@ void pop3_resp_expect(struct pop3_resp_parser *p, int multiline_on_ok);
  * is IDLE again. A DATA event of a body chunk may point into buf.
  */
 int pop3_resp_feed(struct pop3_resp_parser *p, const char *buf, size_t len,
-		   size_t *consumed_r, struct pop3_resp_event *ev);
+                   size_t *consumed_r, struct pop3_resp_event *ev);
 
 /* The reason for the last POP3_ERROR, a static string. */
 const char *pop3_resp_error(const struct pop3_resp_parser *p);
@@ -143,7 +143,7 @@ void pop3_cmd_init(struct pop3_cmd_parser *p);
  * the parser stays usable). *consumed_r is always set.
  */
 int pop3_cmd_feed(struct pop3_cmd_parser *p, const char *buf, size_t len,
-		  size_t *consumed_r, struct pop3_cmd *cmd);
+                  size_t *consumed_r, struct pop3_cmd *cmd);
 
 /* ---------------- dot-stuffing ---------------- */
 

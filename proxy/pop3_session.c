@@ -143,7 +143,9 @@ struct pop3_session {
 	int in_run;            /* re-entrancy guard of p3_run */
 	int sasl;              /* the next client line is a SASL response */
 	int authed;
-	int quit; /* the client's QUIT was answered */
+	int quit;               /* the client's QUIT was answered */
+	const char *end_reason; /* why close_after_flush was set, for the log */
+	char reason_buf[80];
 	uint64_t last_client_ms, last_upstream_ms, start_ms;
 
 	char cin[P3_CIN_MAX];
@@ -162,7 +164,8 @@ struct pop3_session {
 	struct p3_msg *msgs; /* indexed by message number */
 	unsigned long nmsgs;
 
-	char user[128];
+	char user[128];     /* the login name as sent (for quarantine metadata) */
+	char user_log[200]; /* the same, escaped for unquoted use in log lines */
 	char peer[64];
 	char upstream_name[300];
 };
@@ -235,7 +238,7 @@ static void p3_close(struct pop3_session *s, const char *reason)
 		return;
 	s->closing = 1;
 	log_msg(LOG_LVL_INFO, s->base.sid, "pop3 close user=%s reason=\"%s\" pending=%u",
-	        s->user[0] ? s->user : "-", reason, s->nslots);
+	        s->user_log[0] ? s->user_log : "-", reason, s->nslots);
 	if (s->up_state == 0)
 		uv_cancel((uv_req_t *)&s->gai);
 	uv_close((uv_handle_t *)&s->client, p3_on_handle_closed);
@@ -272,7 +275,9 @@ static void p3_on_write(uv_write_t *req, int status)
 	if (s->closing)
 		return;
 	if (status < 0) {
-		p3_close(s, to_client ? "client write failed" : "upstream write failed");
+		snprintf(s->reason_buf, sizeof(s->reason_buf), "%s write: %s",
+		         to_client ? "client" : "upstream", uv_strerror(status));
+		p3_close(s, s->reason_buf);
 		return;
 	}
 	p3_run(s);
@@ -354,12 +359,8 @@ static void p3_record_listing(struct pop3_session *s, int listing, const char *l
 	if (listing == 1) {
 		m->list_size = strtoull(end, NULL, 10);
 	} else {
-		size_t ul = strcspn(end, " \r\n");
-
-		if (ul >= sizeof(m->uidl))
-			ul = sizeof(m->uidl) - 1;
-		memcpy(m->uidl, end, ul);
-		m->uidl[ul] = '\0';
+		/* RFC 1939: 0x21..0x7e; escaped since it is logged unquoted */
+		log_escape_token(m->uidl, sizeof(m->uidl), end, strcspn(end, " \r\n"));
 	}
 }
 
@@ -517,7 +518,7 @@ static void p3_job_done(struct session_base *sb, struct msgjob *job)
 	log_msg(LOG_LVL_INFO, s->base.sid,
 	        "pop3 user=%s msg=%lu uidl=%s size=%llu verdict=%s signature=\"%s\" "
 	        "action=%s id=%s scan_ms=%llu",
-	        s->user[0] ? s->user : "-", sl->msgno,
+	        s->user_log[0] ? s->user_log : "-", sl->msgno,
 	        m != NULL && m->uidl[0] ? m->uidl : "-",
 	        (unsigned long long)spool_size(sl->spool), scan_result_name(v->result),
 	        sig,
@@ -630,8 +631,8 @@ static void p3_capture_complete(struct pop3_session *s, struct p3_slot *sl)
 	if (m != NULL && m->known == 2 && m->notice != NULL) {
 		log_msg(LOG_LVL_INFO, s->base.sid,
 		        "pop3 user=%s msg=%lu uidl=%s verdict=known action=notice id=%s",
-		        s->user[0] ? s->user : "-", sl->msgno, m->uidl[0] ? m->uidl : "-",
-		        m->quar_id);
+		        s->user_log[0] ? s->user_log : "-", sl->msgno,
+		        m->uidl[0] ? m->uidl : "-", m->quar_id);
 		spool_unref(&sl->spool);
 		p3_serve_notice(sl, m->notice);
 		return;
@@ -650,7 +651,7 @@ static void p3_capture_complete(struct pop3_session *s, struct p3_slot *sl)
 		    LOG_LVL_WARN, s->base.sid,
 		    "pop3 user=%s msg=%lu uidl=%s verdict=error signature=\"larger than "
 		    "spool.max_message_size (%llu)\" action=%s",
-		    s->user[0] ? s->user : "-", sl->msgno,
+		    s->user_log[0] ? s->user_log : "-", sl->msgno,
 		    m != NULL && m->uidl[0] ? m->uidl : "-",
 		    (unsigned long long)cfg->spool_max_message_size,
 		    cfg->on_scan_error == POLICY_ABORT ? "abort" : "refuse");
@@ -753,14 +754,14 @@ static void p3_passthrough_status(struct pop3_session *s, struct p3_slot *sl,
 		if (ev->status != POP3_ST_CONT)
 			log_msg(LOG_LVL_INFO, s->base.sid,
 			        "pop3 login user=%s method=sasl result=%s",
-			        s->user[0] ? s->user : "-",
+			        s->user_log[0] ? s->user_log : "-",
 			        ev->status == POP3_ST_OK ? "ok" : "failed");
 	} else if (sl->login != NULL) {
 		if (ev->status == POP3_ST_OK)
 			s->authed = 1;
 		log_msg(LOG_LVL_INFO, s->base.sid,
 		        "pop3 login user=%s method=%s result=%s",
-		        s->user[0] ? s->user : "-", sl->login,
+		        s->user_log[0] ? s->user_log : "-", sl->login,
 		        ev->status == POP3_ST_OK ? "ok" : "failed");
 	} else if (sl->listing != 0 && ev->status == POP3_ST_OK && !ev->multiline &&
 	           ev->len > 4) {
@@ -993,6 +994,7 @@ static int p3_flush(struct pop3_session *s)
 			    LOG_LVL_WARN, s->base.sid,
 			    "pop3 msg=%lu policy=abort: closing the client connection",
 			    sl->msgno);
+			s->end_reason = "policy abort";
 			s->close_after_flush = 1;
 			progress = 1;
 			break;
@@ -1013,7 +1015,11 @@ static int p3_flush(struct pop3_session *s)
 /* Keeps the login name for logs and quarantine metadata (never the secret). */
 static void p3_set_user(struct pop3_session *s, const char *name, size_t len)
 {
-	log_escape(s->user, sizeof(s->user), name, len);
+	size_t n = len < sizeof(s->user) - 1 ? len : sizeof(s->user) - 1;
+
+	memcpy(s->user, name, n);
+	s->user[n] = '\0';
+	log_escape_token(s->user_log, sizeof(s->user_log), name, len);
 }
 
 /* The authentication identity of an AUTH PLAIN initial response (RFC 4616). */
@@ -1059,31 +1065,48 @@ static int p3_line_unsafe(const struct pop3_cmd *cmd)
 	return memchr(cmd->line, '\r', n) != NULL || memchr(cmd->line, '\0', n) != NULL;
 }
 
+/*
+ * Parses arguments that must be decimal numbers (RFC 1939 msg and n):
+ * returns how many (at most 2) when the whole argument string is exactly
+ * that, else -1. No sign, no leading junk, at most 9 digits each: anything
+ * else is left for the server to refuse, and is never rewritten.
+ */
+static int p3_numeric_args(const char *a, size_t len, unsigned long out[2])
+{
+	int n = 0;
+	size_t i = 0;
+
+	while (i < len) {
+		unsigned long v = 0;
+		size_t digits = 0;
+
+		if (n == 2)
+			return -1;
+		while (i < len && a[i] >= '0' && a[i] <= '9') {
+			if (++digits > 9)
+				return -1;
+			v = v * 10 + (unsigned long)(a[i++] - '0');
+		}
+		if (digits == 0)
+			return -1;
+		out[n++] = v;
+		if (i < len && (a[i] != ' ' || ++i == len))
+			return -1;
+	}
+	return n;
+}
+
 /* One client line: make its slot and forward it upstream. */
 static void p3_command(struct pop3_session *s, const struct pop3_cmd *cmd)
 {
 	const char *v = cmd->verb;
-	char args[64];
-	char *end;
 	struct p3_slot *sl;
 	enum p3_kind kind = P3K_SINGLE;
-	unsigned long n1 = 0, n2 = 0;
-	int nargs = 0, listing = 0, to_retr = 0;
+	unsigned long num[2] = {0, 0};
+	int nargs = p3_numeric_args(cmd->args, cmd->args_len, num);
+	unsigned long n1 = num[0], n2 = num[1];
+	int listing = 0, to_retr = 0;
 	const char *login = NULL;
-	size_t al = cmd->args_len < sizeof(args) - 1 ? cmd->args_len : sizeof(args) - 1;
-
-	memcpy(args, cmd->args, al);
-	args[al] = '\0';
-	if (args[0] != '\0') {
-		n1 = strtoul(args, &end, 10);
-		nargs = end != args ? 1 : 0;
-		if (nargs && *end == ' ') {
-			char *e2;
-
-			n2 = strtoul(end + 1, &e2, 10);
-			nargs = e2 != end + 1 ? 2 : 1;
-		}
-	}
 
 	if (s->sasl) {
 		/* RFC 5034 section 4: a SASL response line; never logged */
@@ -1096,7 +1119,7 @@ static void p3_command(struct pop3_session *s, const struct pop3_cmd *cmd)
 
 		kind = P3K_TOP;
 		/* RFC 1939 allows TOP before RETR: scan the whole message first */
-		to_retr = nargs == 2 && (m == NULL || m->known == 0);
+		to_retr = nargs == 2 && n1 > 0 && (m == NULL || m->known == 0);
 	} else if (strcmp(v, "LIST") == 0 || strcmp(v, "UIDL") == 0) {
 		listing = v[0] == 'L' ? 1 : 2;
 		kind = cmd->args_len == 0 ? P3K_MULTI : P3K_SINGLE;
@@ -1132,7 +1155,7 @@ static void p3_command(struct pop3_session *s, const struct pop3_cmd *cmd)
 	sl->listing = listing;
 	sl->login = login;
 	if (kind == P3K_RETR || kind == P3K_TOP)
-		sl->msgno = nargs >= 1 ? n1 : 0;
+		sl->msgno = nargs == 1 || (kind == P3K_TOP && nargs == 2) ? n1 : 0;
 	if (kind == P3K_TOP) {
 		sl->top_lines = n2;
 		sl->upstream_retr = to_retr;
@@ -1218,7 +1241,9 @@ static void p3_on_client_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
 	if (s->closing)
 		return;
 	if (n < 0) {
-		p3_close(s, n == UV_EOF ? "client closed" : uv_strerror((int)n));
+		snprintf(s->reason_buf, sizeof(s->reason_buf), "client: %s",
+		         n == UV_EOF ? "closed" : uv_strerror((int)n));
+		p3_close(s, s->reason_buf);
 		return;
 	}
 	s->cin_len += (size_t)n;
@@ -1298,9 +1323,10 @@ static void p3_run(struct pop3_session *s)
 	if (s->closing)
 		return;
 	if (s->close_after_flush && s->client_wq == 0) {
-		p3_close(s, s->quit            ? "quit"
-		            : s->up_state == 3 ? "upstream closed"
-		                               : "done");
+		p3_close(s, s->quit                 ? "quit"
+		            : s->end_reason != NULL ? s->end_reason
+		            : s->up_state == 3      ? "upstream closed"
+		                                    : "done");
 		return;
 	}
 	if (s->stop_when_idle && s->nslots == 0 && s->client_wq == 0) {

@@ -289,6 +289,7 @@ void scan_buffer(struct scan_engine *eng, const void *data, size_t len,
 struct clam_split {
 	struct scan_engine *eng;
 	struct scan_verdict *v;
+	uint64_t deadline_ms; /* max_scantime for the whole message, 0 = none */
 };
 
 /* Scans one decoded MIME part; stops the walk at the first bad verdict. */
@@ -296,6 +297,13 @@ static int clam_split_part(int fd, const char *name, const char *ctype, void *ct
 {
 	struct clam_split *cs = ctx;
 	struct cl_scan_options o;
+
+	/* libclamav's time limit is per call: keep one for the whole message */
+	if (cs->deadline_ms != 0 && clam_now_ms() > cs->deadline_ms) {
+		cs->v->result = SCAN_ERROR;
+		snprintf(cs->v->error, sizeof(cs->v->error), "scan time limit exceeded");
+		return 1;
+	}
 	const char *virname = NULL;
 	unsigned long scanned = 0;
 	struct clam_ctx cc = {""};
@@ -316,7 +324,7 @@ static int clam_split_part(int fd, const char *name, const char *ctype, void *ct
 static void clam_scan_split(struct scan_engine *eng, int fd, uint64_t size,
                             struct scan_verdict *v)
 {
-	struct clam_split cs = {eng, v};
+	struct clam_split cs = {eng, v, 0};
 	struct cl_scan_options o;
 	const char *virname = NULL;
 	unsigned long scanned = 0;
@@ -324,6 +332,8 @@ static void clam_scan_split(struct scan_engine *eng, int fd, uint64_t size,
 	enum mime_walk_res wr;
 	cl_error_t r;
 
+	if (eng->lim.max_scantime_ms != 0)
+		cs.deadline_ms = clam_now_ms() + eng->lim.max_scantime_ms;
 	clam_options(&o);
 	o.parse &= ~(unsigned)CL_SCAN_PARSE_MAIL;
 	r = cl_scandesc_callback(fd, "message.eml", &virname, &scanned, eng->cl, &o, &cc);
@@ -332,7 +342,11 @@ static void clam_scan_split(struct scan_engine *eng, int fd, uint64_t size,
 		return;
 	wr = mime_walk_fd(fd, size, eng->lim.tmpdir, eng->lim.max_files,
 	                  eng->lim.max_recursion, clam_split_part, &cs);
-	if (wr == MIME_WALK_LIMIT) {
+	if (wr == MIME_WALK_DONE && cs.deadline_ms != 0 &&
+	    clam_now_ms() > cs.deadline_ms) {
+		v->result = SCAN_ERROR;
+		snprintf(v->error, sizeof(v->error), "scan time limit exceeded");
+	} else if (wr == MIME_WALK_LIMIT) {
 		v->result = SCAN_ERROR;
 		snprintf(v->error, sizeof(v->error),
 		         "MIME structure exceeds max_files or max_recursion");
