@@ -26,6 +26,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -306,13 +307,43 @@ static int quar_rename(int dfd, const char *from, const char *to)
 	return renameat(dfd, from, dfd, to) == 0 ? 0 : -errno;
 }
 
-/* Copies the spool into fd, hashing it. Returns 0 or -errno (-EIO: short). */
-static int quar_copy(int fd, const struct spool *sp, uint64_t size,
-                     unsigned char md[EVP_MAX_MD_SIZE], unsigned int *mdlen)
+/* Copies the spool into fd. Returns 0 or -errno (-EIO: short). */
+static int quar_copy(int fd, const struct spool *sp, uint64_t size)
+{
+	char *buf = malloc(QUAR_COPY_CHUNK);
+	uint64_t off = 0;
+	int r = 0;
+
+	if (buf == NULL)
+		return -ENOMEM;
+	while (off < size) {
+		ssize_t n = spool_pread(sp, buf, QUAR_COPY_CHUNK, off);
+
+		if (n < 0) {
+			r = (int)n;
+			break;
+		}
+		if (n == 0) {
+			r = -EIO; /* the spool is shorter than it says */
+			break;
+		}
+		r = quar_write_all(fd, buf, (size_t)n);
+		if (r < 0)
+			break;
+		off += (uint64_t)n;
+	}
+	free(buf);
+	return r;
+}
+
+/* The SHA-256 of the spool's content as lower-case hex. Returns 0 or -errno. */
+static int quar_sha256(const struct spool *sp, char hex[65])
 {
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	char *buf = malloc(QUAR_COPY_CHUNK);
-	uint64_t off = 0;
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	uint64_t off = 0, size = spool_size(sp);
 	int r = 0;
 
 	if (ctx == NULL || buf == NULL ||
@@ -323,29 +354,93 @@ static int quar_copy(int fd, const struct spool *sp, uint64_t size,
 	while (off < size) {
 		ssize_t n = spool_pread(sp, buf, QUAR_COPY_CHUNK, off);
 
-		if (n < 0) {
-			r = (int)n;
-			goto out;
-		}
-		if (n == 0) {
-			r = -EIO; /* the spool is shorter than it says */
+		if (n <= 0) {
+			r = n < 0 ? (int)n : -EIO;
 			goto out;
 		}
 		if (EVP_DigestUpdate(ctx, buf, (size_t)n) != 1) {
 			r = -ENOMEM;
 			goto out;
 		}
-		r = quar_write_all(fd, buf, (size_t)n);
-		if (r < 0)
-			goto out;
 		off += (uint64_t)n;
 	}
-	if (EVP_DigestFinal_ex(ctx, md, mdlen) != 1)
+	if (EVP_DigestFinal_ex(ctx, md, &mdlen) != 1 || mdlen != 32) {
 		r = -ENOMEM;
+		goto out;
+	}
+	for (unsigned int i = 0; i < mdlen; i++)
+		snprintf(hex + 2 * i, 3, "%02x", md[i]);
+	hex[64] = '\0';
 out:
 	free(buf);
 	EVP_MD_CTX_free(ctx);
 	return r;
+}
+
+/*
+ * Messages stored by this process, by (sha256, user, upstream): a client
+ * that leaves mail on the server and fetches the same message again (a new
+ * session, a lost UIDL list) gets the same quarantine entry instead of a
+ * new copy each time. Bounded ring; lost at restart, which costs one copy.
+ */
+#define QUAR_SEEN_MAX 512
+
+struct quar_seen {
+	char sha[65];
+	char user[128];
+	char upstream[300];
+	char id[QUAR_ID_MAX];
+};
+
+static struct quar_seen quar_seen[QUAR_SEEN_MAX];
+static unsigned quar_seen_next;
+static pthread_mutex_t quar_seen_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int quar_seen_match(const struct quar_seen *e, const char *sha,
+                           const struct quar_meta *m)
+{
+	return e->id[0] != '\0' && strcmp(e->sha, sha) == 0 &&
+	       strncmp(e->user, m->user != NULL ? m->user : "", sizeof(e->user) - 1) ==
+	           0 &&
+	       strncmp(e->upstream, m->upstream != NULL ? m->upstream : "",
+	               sizeof(e->upstream) - 1) == 0;
+}
+
+/* The id of an identical message stored earlier and still on disk, if any. */
+static int quar_seen_find(int dfd, const char *sha, const struct quar_meta *m,
+                          char id_r[QUAR_ID_MAX])
+{
+	int found = 0;
+
+	pthread_mutex_lock(&quar_seen_lock);
+	for (unsigned i = 0; i < QUAR_SEEN_MAX && !found; i++) {
+		char eml[QUAR_NAME_MAX];
+
+		if (!quar_seen_match(&quar_seen[i], sha, m))
+			continue;
+		/* the admin may have released or deleted it meanwhile */
+		snprintf(eml, sizeof(eml), "%s.eml", quar_seen[i].id);
+		if (faccessat(dfd, eml, F_OK, AT_SYMLINK_NOFOLLOW) == 0) {
+			memcpy(id_r, quar_seen[i].id, QUAR_ID_MAX);
+			found = 1;
+		}
+	}
+	pthread_mutex_unlock(&quar_seen_lock);
+	return found;
+}
+
+static void quar_seen_add(const char *sha, const struct quar_meta *m, const char *id)
+{
+	struct quar_seen *e;
+
+	pthread_mutex_lock(&quar_seen_lock);
+	e = &quar_seen[quar_seen_next++ % QUAR_SEEN_MAX];
+	snprintf(e->sha, sizeof(e->sha), "%s", sha);
+	snprintf(e->user, sizeof(e->user), "%s", m->user != NULL ? m->user : "");
+	snprintf(e->upstream, sizeof(e->upstream), "%s",
+	         m->upstream != NULL ? m->upstream : "");
+	snprintf(e->id, sizeof(e->id), "%s", id);
+	pthread_mutex_unlock(&quar_seen_lock);
 }
 
 /* Builds the metadata document into b (check b->oom afterwards). */
@@ -383,7 +478,9 @@ static void quar_json(struct quar_buf *b, const char *id, time_t t,
 /*
  * Stores the frozen spool sp and its metadata m in dir (see quarantine.h).
  * Blocking (fsyncs): call from the thread pool. The spool stays the
- * caller's. On success returns 0 with the id in id_r; on failure returns
+ * caller's. On success returns 0 with the id in id_r, or 1 when this
+ * process already stored the same bytes for the same user and upstream and
+ * that entry is still there (id_r is then its id); on failure returns
  * -1 with a reason in err (no message content in it) and leaves neither
  * temporary nor final files behind.
  */
@@ -392,9 +489,7 @@ int quar_store(const char *dir, const struct quar_meta *m, const struct spool *s
 {
 	char id[QUAR_ID_MAX], eml[QUAR_NAME_MAX], json[QUAR_NAME_MAX];
 	char eml_tmp[QUAR_NAME_MAX], json_tmp[QUAR_NAME_MAX];
-	unsigned char md[EVP_MAX_MD_SIZE];
-	char hex[2 * EVP_MAX_MD_SIZE + 1];
-	unsigned int mdlen = 0, i;
+	char hex[65];
 	struct quar_buf jb = {0};
 	int dfd, efd = -1, jfd = -1, tries, r = 0;
 	int have_etmp = 0, have_jtmp = 0, have_eml = 0, have_json = 0;
@@ -407,6 +502,15 @@ int quar_store(const char *dir, const struct quar_meta *m, const struct spool *s
 	if (dfd < 0) {
 		quar_err(err, errlen, "open", dir, "", errno);
 		return -1;
+	}
+	r = quar_sha256(sp, hex);
+	if (r < 0) {
+		stage = "read the message for";
+		goto fail;
+	}
+	if (quar_seen_find(dfd, hex, m, id_r != NULL ? id_r : id)) {
+		close(dfd);
+		return 1;
 	}
 
 	for (tries = 0; tries < QUAR_ID_TRIES; tries++) {
@@ -455,15 +559,12 @@ int quar_store(const char *dir, const struct quar_meta *m, const struct spool *s
 		goto fail;
 	}
 
-	r = quar_copy(efd, sp, spool_size(sp), md, &mdlen);
+	r = quar_copy(efd, sp, spool_size(sp));
 	if (r < 0) {
 		stage = "write";
 		fname = eml_tmp;
 		goto fail;
 	}
-	for (i = 0; i < mdlen; i++)
-		snprintf(hex + 2 * i, 3, "%02x", md[i]);
-	hex[2 * mdlen] = '\0';
 	quar_json(&jb, id, t, m, sp, hex);
 	if (jb.oom) {
 		r = -ENOMEM;
@@ -514,6 +615,7 @@ int quar_store(const char *dir, const struct quar_meta *m, const struct spool *s
 	}
 	close(dfd);
 	free(jb.p);
+	quar_seen_add(hex, m, id);
 	if (id_r != NULL)
 		memcpy(id_r, id, QUAR_ID_MAX);
 	return 0;

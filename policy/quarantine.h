@@ -40,8 +40,11 @@ int quar_prepare(const char *dir);
 /*
  * Stores the frozen spool's content and its metadata under a new unique id
  * (written to id_r, at most QUAR_ID_MAX bytes with its NUL). Returns 0 once
- * both files and the directory are fsynced; -1 with err filled otherwise, in
- * which case no partial file is left under the final names.
+ * both files and the directory are fsynced; 1 when this process stored the
+ * same bytes for the same user and upstream before and that entry is still
+ * on disk (id_r is its id: a message fetched again is not stored twice);
+ * -1 with err filled otherwise, in which case no partial file is left under
+ * the final names.
  */
 int quar_store(const char *dir, const struct quar_meta *m, const struct spool *sp,
 	       char id_r[QUAR_ID_MAX], char *err, size_t errlen);

@@ -70,6 +70,7 @@ static void msgjob_quarantine(struct msgjob *job, const struct config *cfg)
 	struct quar_meta m;
 	struct notice_info ni;
 	const char *what;
+	int r;
 
 	memset(&h, 0, sizeof(h));
 	if (notice_read_headers(job->spool, &h) < 0) {
@@ -90,12 +91,14 @@ static void msgjob_quarantine(struct msgjob *job, const struct config *cfg)
 	m.subject = h.subject_utf8;
 	m.message = job->message;
 	m.session = job->session;
-	if (quar_store(cfg->quarantine_dir, &m, job->spool, job->quar_id, job->quar_err,
-	               sizeof(job->quar_err)) < 0) {
+	r = quar_store(cfg->quarantine_dir, &m, job->spool, job->quar_id, job->quar_err,
+	               sizeof(job->quar_err));
+	if (r < 0) {
 		job->quar_failed = 1;
 		notice_headers_free(&h);
 		return;
 	}
+	job->quar_reused = r == 1;
 	memset(&ni, 0, sizeof(ni));
 	ni.verdict = m.verdict;
 	ni.signature = what;

@@ -515,15 +515,16 @@ static void p3_job_done(struct session_base *sb, struct msgjob *job)
 	m = p3_msg(s, sl->msgno);
 	log_escape(sig, sizeof(sig), v->result == SCAN_INFECTED ? v->signature : v->error,
 	           strlen(v->result == SCAN_INFECTED ? v->signature : v->error));
-	log_msg(LOG_LVL_INFO, s->base.sid,
-	        "pop3 user=%s msg=%lu uidl=%s size=%llu verdict=%s signature=\"%s\" "
-	        "action=%s id=%s scan_ms=%llu",
-	        s->user_log[0] ? s->user_log : "-", sl->msgno,
-	        m != NULL && m->uidl[0] ? m->uidl : "-",
-	        (unsigned long long)spool_size(sl->spool), scan_result_name(v->result),
-	        sig,
-	        v->result == SCAN_CLEAN ? "deliver" : policy_action_name(job->action),
-	        job->quar_id[0] ? job->quar_id : "-", (unsigned long long)v->scan_ms);
+	log_msg(
+	    LOG_LVL_INFO, s->base.sid,
+	    "pop3 user=%s msg=%lu uidl=%s size=%llu verdict=%s signature=\"%s\" "
+	    "action=%s id=%s%s scan_ms=%llu",
+	    s->user_log[0] ? s->user_log : "-", sl->msgno,
+	    m != NULL && m->uidl[0] ? m->uidl : "-",
+	    (unsigned long long)spool_size(sl->spool), scan_result_name(v->result), sig,
+	    v->result == SCAN_CLEAN ? "deliver" : policy_action_name(job->action),
+	    job->quar_id[0] ? job->quar_id : "-",
+	    job->quar_reused ? " stored=existing" : "", (unsigned long long)v->scan_ms);
 
 	switch (job->action) {
 	case POLICY_PASS:

@@ -177,18 +177,32 @@ class QuarantineMode(ProxyCase):
             self.assertEqual(top_clean, mh.fetch_all_raw(self.up, *self.user("bob"), top=2)["TOP"][0][1])
             c.cmd("QUIT")
 
-    def test_5_same_session_repeat_stores_once(self):
+    def test_5_same_message_stored_once(self):
+        """RETR twice and TOP in one session, then a fresh session: the same
+        notice each time, and the quarantine holds the message once."""
         n = self.infected_nums("bob")[1]
-        before = len(self.proxy.quarantine())
-        with mh.RawPop3(self.proxy.port) as c:
-            c.login(*self.user("bob"))
-            a = c.cmd_multi("RETR %d" % n)[1]
-            b = c.cmd_multi("RETR %d" % n)[1]
-            t = mh.unstuff(c.cmd_multi("TOP %d 0" % n)[1])
-            c.cmd("QUIT")
+
+        def fetch():
+            with mh.RawPop3(self.proxy.port) as c:
+                c.login(*self.user("bob"))
+                a = c.cmd_multi("RETR %d" % n)[1]
+                b = c.cmd_multi("RETR %d" % n)[1]
+                t = mh.unstuff(c.cmd_multi("TOP %d 0" % n)[1])
+                c.cmd("QUIT")
+            return a, b, t
+
+        a, b, t = fetch()
         self.assertEqual(a, b, "a second RETR in the session served a different notice")
         self.assertTrue(mh.unstuff(a).startswith(t))
-        self.assertEqual(len(self.proxy.quarantine()), before + 1)
+        qid = mh.header_of(mh.unstuff(a), "X-Mailmoat-Quarantine-Id")
+        stored = self.proxy.quarantine()
+        self.assertIn(qid, [q[0] for q in stored])
+        self.assertEqual(sum(1 for q in stored if q[3] and q[3]["sha256"] ==
+                             stored[[x[0] for x in stored].index(qid)][3]["sha256"]), 1)
+        a2, _, _ = fetch()  # a new session: same entry, nothing stored again
+        self.assertEqual(a2, a)
+        self.assertEqual(len(self.proxy.quarantine()), len(stored))
+        self.assertIn("stored=existing", self.proxy.log_text())
 
     def test_6_pipelined_mixed(self):
         """Pipelined RETRs over infected and clean messages: answers in

@@ -530,13 +530,18 @@ END_TEST
 
 START_TEST(ids_unique)
 {
-	struct spool *sp = mkspool("hello\r\n", 7, 1024);
 	char ids[20][QUAR_ID_MAX], err[256] = "";
 	int i, j, tmp;
 
 	for (i = 0; i < 20; i++) {
+		char text[32];
+		struct spool *sp;
+
+		snprintf(text, sizeof(text), "hello %d\r\n", i);
+		sp = mkspool(text, strlen(text), 1024);
 		ck_assert_int_eq(quar_store(base, &meta, sp, ids[i], err, sizeof(err)),
 		                 0);
+		spool_unref(&sp);
 		check_id(ids[i]);
 		for (j = 0; j < i; j++)
 			ck_assert_str_ne(ids[i], ids[j]);
@@ -546,6 +551,31 @@ START_TEST(ids_unique)
 	}
 	ck_assert_int_eq(count_files(base, &tmp), 40);
 	ck_assert_int_eq(tmp, 0);
+}
+END_TEST
+
+START_TEST(same_message_stored_once)
+{
+	/* a client fetching the same message again must not fill the quarantine */
+	struct spool *sp = mkspool("same bytes\r\n", 12, 1024);
+	struct quar_meta other = meta;
+	char id1[QUAR_ID_MAX], id2[QUAR_ID_MAX], id3[QUAR_ID_MAX], id4[QUAR_ID_MAX];
+	char err[256] = "", path[4200];
+	int tmp;
+
+	ck_assert_int_eq(quar_store(base, &meta, sp, id1, err, sizeof(err)), 0);
+	ck_assert_int_eq(quar_store(base, &meta, sp, id2, err, sizeof(err)), 1);
+	ck_assert_str_eq(id1, id2);
+	ck_assert_int_eq(count_files(base, &tmp), 2);
+	/* another user's copy is that user's own entry */
+	other.user = "someone-else";
+	ck_assert_int_eq(quar_store(base, &other, sp, id3, err, sizeof(err)), 0);
+	ck_assert_str_ne(id1, id3);
+	/* once the admin removed the entry, the message is stored anew */
+	snprintf(path, sizeof(path), "%s/%s.eml", base, id1);
+	ck_assert_int_eq(unlink(path), 0);
+	ck_assert_int_eq(quar_store(base, &meta, sp, id4, err, sizeof(err)), 0);
+	ck_assert_str_ne(id1, id4);
 	spool_unref(&sp);
 }
 END_TEST
@@ -553,6 +583,9 @@ END_TEST
 struct thread_arg {
 	struct spool *sp;
 	char ids[10][QUAR_ID_MAX];
+	char users[10][32];
+	struct quar_meta metas[10];
+	int n;
 	int ok;
 };
 
@@ -564,7 +597,12 @@ static void *thread_main(void *p)
 
 	a->ok = 1;
 	for (i = 0; i < 10; i++) {
-		if (quar_store(base, &meta, a->sp, a->ids[i], err, sizeof(err)) != 0)
+		/* same bytes, one user per store: every store is a new entry */
+		snprintf(a->users[i], sizeof(a->users[i]), "user-%d-%d", a->n, i);
+		a->metas[i] = meta;
+		a->metas[i].user = a->users[i];
+		if (quar_store(base, &a->metas[i], a->sp, a->ids[i], err, sizeof(err)) !=
+		    0)
 			a->ok = 0;
 	}
 	return NULL;
@@ -582,6 +620,7 @@ START_TEST(concurrent_stores)
 
 	for (i = 0; i < 8; i++) {
 		args[i].sp = sp;
+		args[i].n = i;
 		ck_assert_int_eq(pthread_create(&tids[i], NULL, thread_main, &args[i]),
 		                 0);
 	}
@@ -593,7 +632,8 @@ START_TEST(concurrent_stores)
 
 			ck_assert(!g_hash_table_contains(seen, args[i].ids[j]));
 			g_hash_table_add(seen, args[i].ids[j]);
-			check_stored(base, args[i].ids[j], data, len, &meta, &d);
+			check_stored(base, args[i].ids[j], data, len, &args[i].metas[j],
+			             &d);
 			jfree(&d);
 		}
 	}
@@ -689,6 +729,7 @@ static Suite *quarantine_suite(void)
 	tcase_add_test(tc, store_empty_and_truncated);
 	tcase_add_test(tc, store_escaping);
 	tcase_add_test(tc, ids_unique);
+	tcase_add_test(tc, same_message_stored_once);
 	tcase_add_test(tc, concurrent_stores);
 	tcase_add_test(tc, fail_missing_dir);
 	tcase_add_test(tc, fail_unwritable_dir);
