@@ -311,6 +311,8 @@ static int p3_write(struct pop3_session *s, int to_client, const char *data, siz
 	}
 	if (to_client)
 		s->client_wq += len;
+	else
+		s->last_upstream_ms = p3_now(s);
 	return 0;
 }
 
@@ -1357,8 +1359,12 @@ static void p3_on_timer(uv_timer_t *t)
 		p3_run(s);
 		return;
 	}
-	/* waiting on the upstream for an answer counts against the upstream */
-	if (s->up_state == 2 && s->ucur != NULL && s->ucur->state == P3S_RECV &&
+	/*
+	 * Waiting on the upstream for an answer (nothing buffered to parse)
+	 * counts against the upstream; the clock runs from its last byte or
+	 * our last command, whichever came later.
+	 */
+	if (s->up_state == 2 && s->ucur != NULL && s->uin_len == 0 &&
 	    now - s->last_upstream_ms > cfg->timeout_upstream_idle * 1000ull) {
 		p3_upstream_failed(s, "upstream idle time-out");
 		p3_run(s);

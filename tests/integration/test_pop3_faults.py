@@ -87,6 +87,10 @@ class FakePop3:
                 elif verb in ("LIST", "UIDL") and arg in (1, 2):
                     v = (b"%d" % len(self.msgs[arg - 1])) if verb == "LIST" else b"fake-%d" % arg
                     conn.sendall(b"+OK %d %s\r\n" % (arg, v))
+                elif verb in ("RETR", "TOP") and arg == 2 and self.mode == "silent":
+                    # never answers at all: not even the status line
+                    self.stop_ev.wait(120)
+                    return
                 elif verb in ("RETR", "TOP") and arg in (1, 2):
                     m = self.msgs[arg - 1]
                     conn.sendall(b"+OK %d octets\r\n" % len(m))
@@ -162,6 +166,19 @@ class UpstreamFaults(ProxyCase):
         self.assertLess(took, 15, "upstream_idle: 2 did not end the stalled transfer")
         out("upstream stalled mid-message: client got %r after %.2f s (upstream_idle 2 s)"
             % (status[:60], took))
+        self.assertProxyAlive(proxy)
+
+    def test_upstream_never_answers(self):
+        """An upstream that takes a command and never says a word: the
+        idle time-out still ends the wait (from the command, not from
+        the last byte the upstream sent long before)."""
+        fake = self.fake("silent")
+        proxy = self.start_proxy(upstream_port=fake.port,
+                                 timeouts={"upstream_idle": 2, "client_idle": 600})
+        status, rest, took = self.retr2(proxy.port, 30)
+        self.assertTrue(status.startswith(b"-ERR"), status)
+        self.assertGreater(took, 1.5, "timed out before upstream_idle")
+        self.assertLess(took, 15, "upstream_idle: 2 did not end the wait")
         self.assertProxyAlive(proxy)
 
     def test_upstream_absent(self):
