@@ -20,8 +20,6 @@ import email.header
 import email.policy
 import os
 import poplib
-import shutil
-import subprocess
 import sys
 import textwrap
 import time
@@ -245,33 +243,13 @@ def show_notice(data):
 def fetchmail_run(workdir, port):
     """Downloads the mailbox with fetchmail through the proxy; returns the
     number of messages delivered, or None without fetchmail."""
-    fetchmail = shutil.which("fetchmail")
-    if not fetchmail:
+    r = mh.run_fetchmail(os.path.join(workdir, "fetchmail"), port, USER, PASSWORD, timeout=120)
+    if r is None:
         return None
-    home = os.path.join(workdir, "fetchmail")
-    outdir = os.path.join(home, "out")
-    os.makedirs(outdir)
-    os.chmod(home, 0o700)
-    mda = os.path.join(home, "mda.py")
-    with open(mda, "w") as f:
-        f.write("import os, sys\nd = sys.argv[1]\ndata = sys.stdin.buffer.read()\n"
-                "with open(os.path.join(d, '%03d.eml' % (len(os.listdir(d)) + 1)), 'wb') as f:\n"
-                "    f.write(data)\n")
-    rc = os.path.join(home, "fetchmailrc")
-    with open(rc, "w") as f:
-        f.write('set no bouncemail\nset no syslog\n'
-                'poll %s service %d protocol pop3 auth password timeout 60\n'
-                '  user "%s" there with password "%s" is "root" here\n'
-                "  options keep fetchall no rewrite sslproto '' no sslcertck\n"
-                '  mda "%s %s %s"\n' % (mh.HOST, port, USER, PASSWORD, sys.executable, mda, outdir))
-    os.chmod(rc, 0o600)
-    env = dict(os.environ, FETCHMAILHOME=home, FETCHMAILUSER="root", LC_ALL="C")
-    r = subprocess.run([fetchmail, "-f", rc, "--nodetach"], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, timeout=120)
-    if r.returncode != 0:
-        say("  fetchmail exited %d: %s" % (r.returncode,
-                                            r.stdout.decode("utf-8", "replace").replace(PASSWORD, "***")[-500:]))
-    return len(os.listdir(outdir))
+    rc, text, msgs = r
+    if rc != 0:
+        say("  fetchmail exited %d: %s" % (rc, text[-500:]))
+    return len(msgs)
 
 
 def main():

@@ -26,6 +26,7 @@ import os
 import pwd
 import grp
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -1098,3 +1099,42 @@ def sha256_file(path):
 def log(msg):
     sys.stderr.write(msg + "\n")
     sys.stderr.flush()
+
+
+def run_fetchmail(home, port, user, password, verbose=False, timeout=300):
+    """Downloads a mailbox with fetchmail (a real client: it trusts LIST
+    sizes, keeps the mail on the server) from 127.0.0.1:port. home is a new
+    directory for its rc file (mode 0600, as fetchmail demands) and output.
+    Returns (returncode, output with the password masked, [message bytes]
+    in delivery order), or None when fetchmail is not installed."""
+    fetchmail = shutil.which("fetchmail")
+    if not fetchmail:
+        return None
+    outdir = os.path.join(home, "out")
+    os.makedirs(outdir)
+    os.chmod(home, 0o700)
+    mda = os.path.join(home, "mda.py")
+    with open(mda, "w") as f:
+        f.write("import os, sys\n"
+                "d = sys.argv[1]\n"
+                "data = sys.stdin.buffer.read()\n"
+                "n = len(os.listdir(d)) + 1\n"
+                "with open(os.path.join(d, '%03d.eml' % n), 'wb') as f:\n"
+                "    f.write(data)\n")
+    rc = os.path.join(home, "fetchmailrc")
+    with open(rc, "w") as f:
+        f.write('set no bouncemail\nset no syslog\n'
+                'poll %s service %d protocol pop3 auth password timeout 60\n'
+                '  user "%s" there with password "%s" is "root" here\n'
+                "  options keep fetchall no rewrite sslproto '' no sslcertck\n"
+                '  mda "%s %s %s"\n' % (HOST, port, user, password, sys.executable, mda, outdir))
+    os.chmod(rc, 0o600)
+    env = dict(os.environ, FETCHMAILHOME=home, FETCHMAILUSER="root", LC_ALL="C")
+    args = [fetchmail, "-f", rc, "--nodetach"] + (["-v"] if verbose else [])
+    r = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, env=env, timeout=timeout)
+    msgs = []
+    for fn in sorted(os.listdir(outdir)):
+        with open(os.path.join(outdir, fn), "rb") as f:
+            msgs.append(f.read())
+    return r.returncode, r.stdout.decode("utf-8", "replace").replace(password, "***"), msgs

@@ -66,39 +66,11 @@ class Fetchmail(ProxyCase):
         cls.proxy = cls.class_proxy()
 
     def run_fetchmail(self, port, name, tag):
-        home = os.path.join(self._tmp, "fetchmail-" + tag)
-        outdir = os.path.join(home, "out")
-        os.makedirs(outdir)
-        os.chmod(home, 0o700)
-        mda = os.path.join(home, "mda.py")
-        with open(mda, "w") as f:
-            f.write("import os, sys\n"
-                    "d = sys.argv[1]\n"
-                    "data = sys.stdin.buffer.read()\n"
-                    "n = len(os.listdir(d)) + 1\n"
-                    "with open(os.path.join(d, '%03d.eml' % n), 'wb') as f:\n"
-                    "    f.write(data)\n")
         u, pw = self.user(name)
-        rc = os.path.join(home, "fetchmailrc")
-        with open(rc, "w") as f:
-            f.write('set no bouncemail\nset no syslog\n'
-                    'poll %s service %d protocol pop3 auth password timeout 60\n'
-                    '  user "%s" there with password "%s" is "root" here\n'
-                    "  options keep fetchall no rewrite sslproto '' no sslcertck\n"
-                    '  mda "%s %s %s"\n' % (mh.HOST, port, u, pw, sys.executable, mda, outdir))
-        os.chmod(rc, 0o600)
-        env = dict(os.environ, FETCHMAILHOME=home, FETCHMAILUSER="root", LC_ALL="C")
-        r = subprocess.run([FETCHMAIL, "-f", rc, "--nodetach", "-v"], stdin=subprocess.DEVNULL,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, timeout=300)
-        text = r.stdout.decode("utf-8", "replace")
-        # Never let the password show in our own output either.
-        text = text.replace(pw, "***")
-        self.assertEqual(r.returncode, 0, "fetchmail exited %d:\n%s" % (r.returncode, text[-3000:]))
-        msgs = []
-        for fn in sorted(os.listdir(outdir)):
-            with open(os.path.join(outdir, fn), "rb") as f:
-                msgs.append(strip_fetchmail_received(f.read()))
-        return msgs, text
+        rc, text, raw = mh.run_fetchmail(os.path.join(self._tmp, "fetchmail-" + tag), port,
+                                         u, pw, verbose=True)
+        self.assertEqual(rc, 0, "fetchmail exited %d:\n%s" % (rc, text[-3000:]))
+        return [strip_fetchmail_received(m) for m in raw], text
 
     def test_download_everything_with_notices(self):
         direct, _ = self.run_fetchmail(self.up, "bob", "direct")
