@@ -184,7 +184,7 @@ def run(workdir, binary):
 
         say()
         entries = [q[3] for q in proxy.quarantine() if q[3]]
-        say("  Quarantine (%s): %d entries, one per download of each malicious message"
+        say("  Quarantine (%s): %d entries, one per malicious message (later downloads reuse it)"
             % (proxy.quarantine_dir, len(entries)))
         say("    %-26s %-38s %6s  %s" % ("id", "signature", "size", "from | subject"))
         for meta in entries:
