@@ -65,12 +65,14 @@ enum p3_kind {
 	P3K_RETR,  /* captured and scanned */
 	P3K_TOP,   /* captured (as RETR when unscanned) and scanned */
 	P3K_LOCAL, /* answered by the proxy, never sent upstream */
+	P3K_PROBE, /* the proxy's own "UIDL n": recorded, never relayed */
 	P3K_COUNT
 };
 
 enum p3_state { P3S_WAIT, P3S_RECV, P3S_SCAN, P3S_READY, P3S_SEND, P3S_COUNT };
 
 enum p3_out {
+	P3O_NONE,  /* nothing (the proxy's own command) */
 	P3O_LINE,  /* out_status only */
 	P3O_SPOOL, /* out_status, then out_spool dot-stuffed, then the terminator */
 	P3O_ABORT, /* close the client connection here */
@@ -81,6 +83,7 @@ struct p3_msg {
 	uint64_t list_size;   /* from STAT-less LIST answers, 0 = unknown */
 	char uidl[72];        /* RFC 1939: at most 70 characters */
 	int known;            /* 0 unknown, 1 clean, 2 quarantined */
+	int uidl_asked;       /* the proxy sent its own UIDL n */
 	struct spool *notice; /* known == 2: the substitute served */
 	char quar_id[QUAR_ID_MAX];
 };
@@ -431,6 +434,12 @@ static void p3_ucur_advance(struct pop3_session *s)
 static int p3_is_capture(enum p3_kind k)
 {
 	return k == P3K_RETR || k == P3K_TOP || k == P3K_CAPA;
+}
+
+/* Answers relayed byte for byte as they arrive (so only at the head). */
+static int p3_is_relayed(enum p3_kind k)
+{
+	return !p3_is_capture(k) && k != P3K_PROBE;
 }
 
 /* Captured messages held (being received, scanned, or waiting to be sent). */
@@ -790,7 +799,7 @@ static int p3_upstream_input(struct pop3_session *s)
 		size_t used = 0;
 		int r;
 
-		if (!p3_is_capture(sl->kind)) {
+		if (p3_is_relayed(sl->kind)) {
 			if (sl != s->head || s->client_wq >= P3_WQ_HIGH)
 				break;
 		} else if (sl->state == P3S_WAIT && sl != s->head &&
@@ -814,7 +823,7 @@ static int p3_upstream_input(struct pop3_session *s)
 			p3_upstream_failed(s, why);
 			return 1;
 		}
-		if (!p3_is_capture(sl->kind))
+		if (p3_is_relayed(sl->kind))
 			p3_write(s, 1, s->uin + pos, used); /* relayed byte for byte */
 		pos += used;
 		progress = 1;
@@ -834,6 +843,12 @@ static int p3_upstream_input(struct pop3_session *s)
 					sl->state = P3S_READY;
 					p3_ucur_advance(s);
 				}
+			} else if (sl->kind == P3K_PROBE) {
+				if (ev.status == POP3_ST_OK && ev.len > 4)
+					p3_record_listing(s, 2, ev.data + 4, ev.len - 4);
+				sl->out = P3O_NONE;
+				sl->state = P3S_READY;
+				p3_ucur_advance(s);
 			} else {
 				p3_passthrough_status(s, sl, &ev);
 				if (sl->kind == P3K_QUIT)
@@ -938,7 +953,7 @@ static int p3_send_slot(struct pop3_session *s, struct p3_slot *sl)
 
 	if (sl->state == P3S_READY) {
 		sl->state = P3S_SEND;
-		if (sl->out == P3O_ABORT)
+		if (sl->out == P3O_ABORT || sl->out == P3O_NONE)
 			return 1;
 		if (p3_write(s, 1, sl->out_status, sl->out_status_len) < 0)
 			return 0;
@@ -1152,6 +1167,24 @@ static void p3_command(struct pop3_session *s, const struct pop3_cmd *cmd)
 		            sp != NULL ? (size_t)(sp - cmd->args) : cmd->args_len);
 	}
 
+	if ((kind == P3K_RETR || kind == P3K_TOP) && s->authed && nargs >= 1) {
+		struct p3_msg *m = p3_msg(s, n1);
+
+		/*
+		 * Learn the message's UIDL (RFC 1939 section 7) for the log and
+		 * the quarantine, with one pipelined command of our own, once.
+		 */
+		if (m != NULL && m->uidl[0] == '\0' && !m->uidl_asked) {
+			struct p3_slot *probe = p3_slot_add(s, P3K_PROBE);
+			char line[32];
+			int ll = snprintf(line, sizeof(line), "UIDL %lu\r\n", n1);
+
+			if (probe == NULL)
+				return;
+			m->uidl_asked = 1;
+			p3_write(s, 0, line, (size_t)ll);
+		}
+	}
 	sl = p3_slot_add(s, kind);
 	if (sl == NULL)
 		return;

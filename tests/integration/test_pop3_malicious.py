@@ -233,5 +233,31 @@ class QuarantineMode(ProxyCase):
                 self.assertEqual(st, self.ref["STAT"])
 
 
+    def test_7_uidl_learned_for_the_log(self):
+        """poplib's retr never asks UIDL: the proxy learns it with its own
+        pipelined UIDL n, so the verdict line names the message for good,
+        and the client sees nothing of it."""
+        n = self.infected_nums("bob")[0]
+        u, pw = self.user("bob")
+        d = poplib.POP3(mh.HOST, self.up, timeout=30)
+        d.user(u)
+        d.pass_(pw)
+        uidl = d.uidl(n).split()[2].decode()
+        d.quit()
+        p = poplib.POP3(mh.HOST, self.proxy.port, timeout=30)
+        try:
+            p.user(u)
+            p.pass_(pw)
+            resp, lines, _ = p.retr(n)
+            self.assertTrue(resp.startswith(b"+OK"), resp)
+            self.assertEqual(p.noop(), b"+OK", "an answer of the proxy's own UIDL leaked")
+            p.quit()
+        finally:
+            p.close()
+        evs = [mh.parse_log_line(l) for l in self.proxy.log_text().splitlines()]
+        evs = [e for e in evs if e.get("msg") == str(n) and e.get("verdict")]
+        self.assertTrue(evs, "no verdict line for msg=%d" % n)
+        self.assertEqual(evs[-1].get("uidl"), uidl, evs[-1]["_line"])
+
 if __name__ == "__main__":
     unittest.main()
