@@ -1,0 +1,232 @@
+/*
+ * vcache.c - the verdict cache (see vcache.h): a chained hash table over a
+ * doubly-linked LRU list.
+ *
+ * The key is flattened into one string "upstream\0user\0mailbox\0" plus the
+ * two numbers, compared whole, so distinct users or servers never share an
+ * entry however their names look. Buckets are a power of two at least twice
+ * the capacity; lookups are O(1) expected, eviction O(1).
+ */
+#include "proxy/vcache.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "proxy/spool.h"
+
+struct vc_node {
+	struct vc_node *hnext; /* bucket chain */
+	struct vc_node *lru_prev, *lru_next;
+	uint64_t hash;
+	uint32_t uidvalidity, uid;
+	size_t klen;
+	char *kstr; /* upstream \0 user \0 mailbox \0 */
+	struct vcache_entry e;
+};
+
+struct vcache {
+	struct vc_node **buckets;
+	size_t nbuckets; /* power of two */
+	size_t count, max;
+	struct vc_node *lru_head; /* most recent */
+	struct vc_node *lru_tail; /* least recent */
+};
+
+struct vcache *vcache_new(size_t max_entries)
+{
+	struct vcache *c = calloc(1, sizeof(*c));
+
+	if (c == NULL)
+		return NULL;
+	c->max = max_entries > 0 ? max_entries : 1;
+	c->nbuckets = 16;
+	while (c->nbuckets < 2 * c->max)
+		c->nbuckets *= 2;
+	c->buckets = calloc(c->nbuckets, sizeof(*c->buckets));
+	if (c->buckets == NULL) {
+		free(c);
+		return NULL;
+	}
+	return c;
+}
+
+static void vc_node_free(struct vc_node *n)
+{
+	spool_unref(&n->e.notice);
+	free(n->kstr);
+	free(n);
+}
+
+void vcache_free(struct vcache **cp)
+{
+	struct vcache *c = *cp;
+
+	*cp = NULL;
+	if (c == NULL)
+		return;
+	while (c->lru_head != NULL) {
+		struct vc_node *n = c->lru_head;
+
+		c->lru_head = n->lru_next;
+		vc_node_free(n);
+	}
+	free(c->buckets);
+	free(c);
+}
+
+/* Flattens the key's strings; returns a malloc'd buffer and its length. */
+static char *vc_kstr(const struct vcache_key *k, size_t *len_r)
+{
+	const char *parts[3] = {k->upstream ? k->upstream : "", k->user ? k->user : "",
+	                        k->mailbox ? k->mailbox : ""};
+	size_t len = 0, o = 0;
+	char *s;
+
+	for (int i = 0; i < 3; i++)
+		len += strlen(parts[i]) + 1;
+	s = malloc(len);
+	if (s == NULL)
+		return NULL;
+	for (int i = 0; i < 3; i++) {
+		size_t l = strlen(parts[i]) + 1;
+
+		memcpy(s + o, parts[i], l);
+		o += l;
+	}
+	*len_r = len;
+	return s;
+}
+
+/* FNV-1a over the flattened strings and the two numbers. */
+static uint64_t vc_hash(const char *kstr, size_t klen, uint32_t uidvalidity, uint32_t uid)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+	uint32_t nums[2] = {uidvalidity, uid};
+	const unsigned char *p = (const unsigned char *)nums;
+
+	for (size_t i = 0; i < klen; i++)
+		h = (h ^ (unsigned char)kstr[i]) * 0x100000001b3ull;
+	for (size_t i = 0; i < sizeof(nums); i++)
+		h = (h ^ p[i]) * 0x100000001b3ull;
+	return h;
+}
+
+static void vc_lru_unlink(struct vcache *c, struct vc_node *n)
+{
+	if (n->lru_prev != NULL)
+		n->lru_prev->lru_next = n->lru_next;
+	else
+		c->lru_head = n->lru_next;
+	if (n->lru_next != NULL)
+		n->lru_next->lru_prev = n->lru_prev;
+	else
+		c->lru_tail = n->lru_prev;
+	n->lru_prev = n->lru_next = NULL;
+}
+
+static void vc_lru_push(struct vcache *c, struct vc_node *n)
+{
+	n->lru_prev = NULL;
+	n->lru_next = c->lru_head;
+	if (c->lru_head != NULL)
+		c->lru_head->lru_prev = n;
+	c->lru_head = n;
+	if (c->lru_tail == NULL)
+		c->lru_tail = n;
+}
+
+/* Unlinks n from its bucket chain and the LRU list and frees it. */
+static void vc_remove(struct vcache *c, struct vc_node *n)
+{
+	struct vc_node **pp = &c->buckets[n->hash & (c->nbuckets - 1)];
+
+	while (*pp != n)
+		pp = &(*pp)->hnext;
+	*pp = n->hnext;
+	vc_lru_unlink(c, n);
+	c->count--;
+	vc_node_free(n);
+}
+
+static struct vc_node *vc_find(struct vcache *c, const char *kstr, size_t klen,
+                               uint64_t h, const struct vcache_key *k)
+{
+	for (struct vc_node *n = c->buckets[h & (c->nbuckets - 1)]; n != NULL;
+	     n = n->hnext)
+		if (n->hash == h && n->uid == k->uid &&
+		    n->uidvalidity == k->uidvalidity && n->klen == klen &&
+		    memcmp(n->kstr, kstr, klen) == 0)
+			return n;
+	return NULL;
+}
+
+const struct vcache_entry *vcache_get(struct vcache *c, const struct vcache_key *k,
+                                      unsigned db_version)
+{
+	size_t klen;
+	char *kstr = vc_kstr(k, &klen);
+	struct vc_node *n;
+
+	if (kstr == NULL)
+		return NULL;
+	n = vc_find(c, kstr, klen, vc_hash(kstr, klen, k->uidvalidity, k->uid), k);
+	free(kstr);
+	if (n == NULL)
+		return NULL;
+	if (n->e.db_version != db_version) {
+		/* new signatures since: the message must be scanned again */
+		vc_remove(c, n);
+		return NULL;
+	}
+	vc_lru_unlink(c, n);
+	vc_lru_push(c, n);
+	return &n->e;
+}
+
+int vcache_put(struct vcache *c, const struct vcache_key *k, const struct vcache_entry *e)
+{
+	size_t klen;
+	char *kstr = vc_kstr(k, &klen);
+	uint64_t h;
+	struct vc_node *n;
+
+	if (kstr == NULL)
+		return -1;
+	h = vc_hash(kstr, klen, k->uidvalidity, k->uid);
+	n = vc_find(c, kstr, klen, h, k);
+	if (n != NULL) {
+		free(kstr);
+		spool_unref(&n->e.notice);
+		n->e = *e;
+		if (n->e.notice != NULL)
+			spool_ref(n->e.notice);
+		vc_lru_unlink(c, n);
+		vc_lru_push(c, n);
+		return 0;
+	}
+	n = calloc(1, sizeof(*n));
+	if (n == NULL) {
+		free(kstr);
+		return -1;
+	}
+	if (c->count >= c->max)
+		vc_remove(c, c->lru_tail);
+	n->hash = h;
+	n->uidvalidity = k->uidvalidity;
+	n->uid = k->uid;
+	n->kstr = kstr;
+	n->klen = klen;
+	n->e = *e;
+	if (n->e.notice != NULL)
+		spool_ref(n->e.notice);
+	n->hnext = c->buckets[h & (c->nbuckets - 1)];
+	c->buckets[h & (c->nbuckets - 1)] = n;
+	vc_lru_push(c, n);
+	c->count++;
+	return 0;
+}
+
+size_t vcache_count(const struct vcache *c)
+{
+	return c->count;
+}
