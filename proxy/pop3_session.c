@@ -35,11 +35,13 @@
 #include <openssl/evp.h>
 #include <strings.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "policy/policy.h"
+#include "proxy/conn.h"
 #include "proxy/log.h"
 #include "proxy/msgjob.h"
 #include "proxy/pop3_parse.h"
@@ -131,16 +133,8 @@ struct p3_slot {
 
 struct pop3_session {
 	struct session_base base; /* first: server.c sees only this */
-	uv_tcp_t client;
-	uv_tcp_t upstream;
-	uv_timer_t timer;
-	uv_getaddrinfo_t gai;
-	uv_connect_t connreq;
-	int open_handles;
+	struct conn_pair c;       /* both legs, connecting, closing */
 	int closing;
-	int up_state; /* 0 resolving, 1 connecting, 2 connected, 3 gone */
-	int client_reading, upstream_reading;
-	int up_eof;            /* the upstream closed; buffered answers still count */
 	int stop_when_idle;    /* shutdown asked: end once the queue is empty */
 	int close_after_flush; /* close once queued client output is written */
 	int in_run;            /* re-entrancy guard of p3_run */
@@ -149,12 +143,9 @@ struct pop3_session {
 	int quit;               /* the client's QUIT was answered */
 	const char *end_reason; /* why close_after_flush was set, for the log */
 	char reason_buf[80];
-	uint64_t last_client_ms, last_upstream_ms, start_ms;
 
 	char cin[P3_CIN_MAX];
-	size_t cin_len;
 	char uin[P3_UIN_MAX];
-	size_t uin_len;
 	struct pop3_cmd_parser cp;
 	struct pop3_resp_parser rp;
 
@@ -162,23 +153,12 @@ struct pop3_session {
 	struct p3_slot *ucur; /* first slot whose upstream answer is not complete */
 	unsigned nslots;
 	uint64_t slot_seq;
-	size_t client_wq; /* bytes queued on the client socket */
 
 	struct p3_msg *msgs; /* indexed by message number */
 	unsigned long nmsgs;
 
 	char user[128];     /* the login name as sent (for quarantine metadata) */
 	char user_log[200]; /* the same, escaped for unquoted use in log lines */
-	char peer[64];
-	char upstream_name[300];
-};
-
-struct p3_write {
-	uv_write_t req;
-	struct pop3_session *s;
-	size_t len;
-	int to_client;
-	char data[];
 };
 
 static void p3_run(struct pop3_session *s);
@@ -186,7 +166,13 @@ static void p3_close(struct pop3_session *s, const char *reason);
 
 static uint64_t p3_now(struct pop3_session *s)
 {
-	return uv_now(s->base.srv->loop);
+	return conn_now(&s->c);
+}
+
+/* The session that embeds conn pair p. */
+static struct pop3_session *p3_of(struct conn_pair *p)
+{
+	return (struct pop3_session *)((char *)p - offsetof(struct pop3_session, c));
 }
 
 static const struct config *p3_cfg(struct pop3_session *s)
@@ -204,14 +190,11 @@ static void p3_free_slot(struct p3_slot *sl)
 	free(sl);
 }
 
-/*
- * Drops one of the things that keep the session's memory alive (its three
- * handles and a pending name lookup); the last one frees the session.
- */
-static void p3_release(struct pop3_session *s)
+/* conn.c closed everything: free the session (loop thread, nothing pending). */
+static void p3_on_freed(struct conn_pair *p)
 {
-	if (--s->open_handles > 0)
-		return;
+	struct pop3_session *s = p3_of(p);
+
 	while (s->head != NULL) {
 		struct p3_slot *sl = s->head;
 
@@ -225,15 +208,10 @@ static void p3_release(struct pop3_session *s)
 	free(s);
 }
 
-static void p3_on_handle_closed(uv_handle_t *h)
-{
-	p3_release(h->data);
-}
-
 /*
- * Ends the session: every handle is closed, the session is freed by the
- * last close callback. Scan jobs still running find no session by id and
- * drop their result. Idempotent.
+ * Ends the session: every handle is closed, the session is freed once the
+ * last one is (p3_on_freed). Scan jobs still running find no session by id
+ * and drop their result. Idempotent.
  */
 static void p3_close(struct pop3_session *s, const char *reason)
 {
@@ -242,11 +220,7 @@ static void p3_close(struct pop3_session *s, const char *reason)
 	s->closing = 1;
 	log_msg(LOG_LVL_INFO, s->base.sid, "pop3 close user=%s reason=\"%s\" pending=%u",
 	        s->user_log[0] ? s->user_log : "-", reason, s->nslots);
-	if (s->up_state == 0)
-		uv_cancel((uv_req_t *)&s->gai);
-	uv_close((uv_handle_t *)&s->client, p3_on_handle_closed);
-	uv_close((uv_handle_t *)&s->upstream, p3_on_handle_closed);
-	uv_close((uv_handle_t *)&s->timer, p3_on_handle_closed);
+	conn_pair_close(&s->c);
 }
 
 static void p3_force_close(struct session_base *sb, const char *reason)
@@ -259,27 +233,20 @@ static void p3_shutdown(struct session_base *sb)
 	struct pop3_session *s = (struct pop3_session *)sb;
 
 	s->stop_when_idle = 1;
-	if (s->nslots == 0 && s->client_wq == 0)
+	if (s->nslots == 0 && s->c.client.wq == 0)
 		p3_close(s, "shutdown");
 }
 
 /* ------------------------------------------------------------------ */
 /* writing                                                             */
 
-static void p3_on_write(uv_write_t *req, int status)
+static void p3_on_written(struct conn_pair *p, struct conn_leg *leg, int status)
 {
-	struct p3_write *w = (struct p3_write *)req;
-	struct pop3_session *s = w->s;
-	int to_client = w->to_client;
+	struct pop3_session *s = p3_of(p);
 
-	if (to_client)
-		s->client_wq -= w->len;
-	free(w);
-	if (s->closing)
-		return;
 	if (status < 0) {
 		snprintf(s->reason_buf, sizeof(s->reason_buf), "%s write: %s",
-		         to_client ? "client" : "upstream", uv_strerror(status));
+		         leg == &p->client ? "client" : "upstream", uv_strerror(status));
 		p3_close(s, s->reason_buf);
 		return;
 	}
@@ -289,34 +256,11 @@ static void p3_on_write(uv_write_t *req, int status)
 /* Queues a copy of len bytes on the client or upstream socket. */
 static int p3_write(struct pop3_session *s, int to_client, const char *data, size_t len)
 {
-	struct p3_write *w;
-	uv_buf_t b;
-	int r;
+	int r = conn_write(&s->c, to_client ? &s->c.client : &s->c.upstream, data, len);
 
-	if (len == 0)
-		return 0;
-	w = malloc(sizeof(*w) + len);
-	if (w == NULL) {
-		p3_close(s, "out of memory");
-		return -1;
-	}
-	w->s = s;
-	w->len = len;
-	w->to_client = to_client;
-	memcpy(w->data, data, len);
-	b = uv_buf_init(w->data, (unsigned)len);
-	r = uv_write(&w->req, (uv_stream_t *)(to_client ? &s->client : &s->upstream), &b,
-	             1, p3_on_write);
-	if (r < 0) {
-		free(w);
+	if (r < 0)
 		p3_close(s, uv_strerror(r));
-		return -1;
-	}
-	if (to_client)
-		s->client_wq += len;
-	else
-		s->last_upstream_ms = p3_now(s);
-	return 0;
+	return r;
 }
 
 /* ------------------------------------------------------------------ */
@@ -686,7 +630,7 @@ static void p3_capture_complete(struct pop3_session *s, struct p3_slot *sl)
 	job->tag = sl->seq;
 	snprintf(job->protocol, sizeof(job->protocol), "pop3");
 	snprintf(job->user, sizeof(job->user), "%s", s->user);
-	snprintf(job->upstream, sizeof(job->upstream), "%s", s->upstream_name);
+	snprintf(job->upstream, sizeof(job->upstream), "%s", s->c.upstream_name);
 	snprintf(job->message, sizeof(job->message), "msg=%lu uidl=%s", sl->msgno,
 	         m != NULL && m->uidl[0] ? m->uidl : "-");
 	/* Pad to what LIST told the client, so size-trusting clients keep working. */
@@ -713,17 +657,13 @@ static void p3_upstream_failed(struct pop3_session *s, const char *why)
 {
 	struct p3_slot *sl = s->ucur;
 
-	if (s->up_state == 3)
+	if (s->c.up_state == CONN_UP_GONE)
 		return;
-	s->up_state = 3;
+	conn_upstream_gone(&s->c);
 	/* after QUIT the upstream closing is the normal end */
 	log_msg(s->close_after_flush && s->ucur == NULL ? LOG_LVL_DEBUG : LOG_LVL_WARN,
-	        s->base.sid, "pop3 upstream=%s lost: %s pending=%u", s->upstream_name,
+	        s->base.sid, "pop3 upstream=%s lost: %s pending=%u", s->c.upstream_name,
 	        why, s->nslots);
-	if (s->upstream_reading) {
-		uv_read_stop((uv_stream_t *)&s->upstream);
-		s->upstream_reading = 0;
-	}
 	if (sl == NULL) {
 		/* answers still queued or being written go out first */
 		s->close_after_flush = 1;
@@ -793,14 +733,14 @@ static int p3_upstream_input(struct pop3_session *s)
 	size_t pos = 0;
 	int progress = 0;
 
-	while (pos < s->uin_len && s->ucur != NULL && !s->closing) {
+	while (pos < s->c.upstream.len && s->ucur != NULL && !s->closing) {
 		struct p3_slot *sl = s->ucur;
 		struct pop3_resp_event ev;
 		size_t used = 0;
 		int r;
 
 		if (p3_is_relayed(sl->kind)) {
-			if (sl != s->head || s->client_wq >= P3_WQ_HIGH)
+			if (sl != s->head || s->c.client.wq >= P3_WQ_HIGH)
 				break;
 		} else if (sl->state == P3S_WAIT && sl != s->head &&
 		           p3_held(s) >= p3_cfg(s)->readahead) {
@@ -813,13 +753,14 @@ static int p3_upstream_input(struct pop3_session *s)
 				return 0;
 			}
 		}
-		r = pop3_resp_feed(&s->rp, s->uin + pos, s->uin_len - pos, &used, &ev);
+		r = pop3_resp_feed(&s->rp, s->uin + pos, s->c.upstream.len - pos, &used,
+		                   &ev);
 		if (r == POP3_ERROR) {
 			char why[128];
 
 			snprintf(why, sizeof(why), "protocol error: %s",
 			         pop3_resp_error(&s->rp));
-			s->uin_len = 0;
+			s->c.upstream.len = 0;
 			p3_upstream_failed(s, why);
 			return 1;
 		}
@@ -888,15 +829,17 @@ static int p3_upstream_input(struct pop3_session *s)
 		}
 	}
 	if (pos > 0) {
-		memmove(s->uin, s->uin + pos, s->uin_len - pos);
-		s->uin_len -= pos;
+		memmove(s->uin, s->uin + pos, s->c.upstream.len - pos);
+		s->c.upstream.len -= pos;
 	}
-	if (s->ucur == NULL && s->uin_len > 0 && s->up_state == 2) {
+	if (s->ucur == NULL && s->c.upstream.len > 0 &&
+	    s->c.up_state == CONN_UP_CONNECTED) {
 		/* RFC 1939 has no unsolicited responses */
-		s->uin_len = 0;
+		s->c.upstream.len = 0;
 		p3_upstream_failed(s, "unsolicited data from upstream");
 		progress = 1;
-	} else if (s->up_eof && s->up_state == 2 && s->uin_len == 0) {
+	} else if (s->c.upstream.eof && s->c.up_state == CONN_UP_CONNECTED &&
+	           s->c.upstream.len == 0) {
 		p3_upstream_failed(s, "connection closed");
 		progress = 1;
 	}
@@ -964,7 +907,7 @@ static int p3_send_slot(struct pop3_session *s, struct p3_slot *sl)
 		sl->top_at_line_start = 1;
 		sl->top_left = sl->top_lines;
 	}
-	while (s->client_wq < P3_WQ_HIGH && !s->closing) {
+	while (s->c.client.wq < P3_WQ_HIGH && !s->closing) {
 		ssize_t n;
 		size_t take, o;
 
@@ -1217,12 +1160,13 @@ static int p3_client_input(struct pop3_session *s)
 	size_t pos = 0;
 	int progress = 0;
 
-	while (pos < s->cin_len && !s->closing && s->up_state == 2 &&
-	       !s->stop_when_idle && s->nslots < P3_SLOTS_MAX && !p3_client_held(s)) {
+	while (pos < s->c.client.len && !s->closing &&
+	       s->c.up_state == CONN_UP_CONNECTED && !s->stop_when_idle &&
+	       s->nslots < P3_SLOTS_MAX && !p3_client_held(s)) {
 		struct pop3_cmd cmd;
 		size_t used = 0;
-		int r =
-		    pop3_cmd_feed(&s->cp, s->cin + pos, s->cin_len - pos, &used, &cmd);
+		int r = pop3_cmd_feed(&s->cp, s->cin + pos, s->c.client.len - pos, &used,
+		                      &cmd);
 
 		pos += used;
 		progress = 1;
@@ -1247,8 +1191,8 @@ static int p3_client_input(struct pop3_session *s)
 		p3_command(s, &cmd);
 	}
 	if (pos > 0) {
-		memmove(s->cin, s->cin + pos, s->cin_len - pos);
-		s->cin_len -= pos;
+		memmove(s->cin, s->cin + pos, s->c.client.len - pos);
+		s->c.client.len -= pos;
 	}
 	return progress;
 }
@@ -1256,81 +1200,20 @@ static int p3_client_input(struct pop3_session *s)
 /* ------------------------------------------------------------------ */
 /* reading                                                             */
 
-static void p3_alloc_client(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+static void p3_on_read(struct conn_pair *p, struct conn_leg *leg, ssize_t n)
 {
-	struct pop3_session *s = h->data;
+	struct pop3_session *s = p3_of(p);
 
-	*buf = uv_buf_init(s->cin + s->cin_len, (unsigned)(sizeof(s->cin) - s->cin_len));
-}
-
-static void p3_alloc_upstream(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-	struct pop3_session *s = h->data;
-
-	*buf = uv_buf_init(s->uin + s->uin_len, (unsigned)(sizeof(s->uin) - s->uin_len));
-}
-
-static void p3_on_client_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
-{
-	struct pop3_session *s = st->data;
-
-	if (s->closing)
-		return;
-	if (n < 0) {
+	if (leg == &p->client && n < 0) {
 		snprintf(s->reason_buf, sizeof(s->reason_buf), "client: %s",
 		         n == UV_EOF ? "closed" : uv_strerror((int)n));
 		p3_close(s, s->reason_buf);
 		return;
 	}
-	s->cin_len += (size_t)n;
-	s->last_client_ms = p3_now(s);
-	p3_run(s);
-}
-
-static void p3_on_upstream_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
-{
-	struct pop3_session *s = st->data;
-
-	if (s->closing)
-		return;
-	if (n == UV_EOF) {
-		/* answers already buffered are still parsed and delivered first */
-		s->up_eof = 1;
-		p3_run(s);
-		return;
-	}
-	if (n < 0) {
+	/* an upstream EOF: answers already buffered are parsed and delivered first */
+	if (n < 0 && n != UV_EOF)
 		p3_upstream_failed(s, uv_strerror((int)n));
-		p3_run(s);
-		return;
-	}
-	s->uin_len += (size_t)n;
-	s->last_upstream_ms = p3_now(s);
 	p3_run(s);
-}
-
-/* Starts or stops reading each side by the room in its input buffer. */
-static void p3_update_reading(struct pop3_session *s)
-{
-	int want_c = s->cin_len < sizeof(s->cin);
-	int want_u = s->up_state == 2 && !s->up_eof && s->uin_len < sizeof(s->uin);
-
-	if (want_c != s->client_reading) {
-		if (want_c)
-			uv_read_start((uv_stream_t *)&s->client, p3_alloc_client,
-			              p3_on_client_read);
-		else
-			uv_read_stop((uv_stream_t *)&s->client);
-		s->client_reading = want_c;
-	}
-	if (want_u != s->upstream_reading) {
-		if (want_u)
-			uv_read_start((uv_stream_t *)&s->upstream, p3_alloc_upstream,
-			              p3_on_upstream_read);
-		else
-			uv_read_stop((uv_stream_t *)&s->upstream);
-		s->upstream_reading = want_u;
-	}
 }
 
 /*
@@ -1358,114 +1241,72 @@ static void p3_run(struct pop3_session *s)
 	s->in_run = 0;
 	if (s->closing)
 		return;
-	if (s->close_after_flush && s->client_wq == 0) {
-		p3_close(s, s->quit                 ? "quit"
-		            : s->end_reason != NULL ? s->end_reason
-		            : s->up_state == 3      ? "upstream closed"
-		                                    : "done");
+	if (s->close_after_flush && s->c.client.wq == 0) {
+		p3_close(s, s->quit                         ? "quit"
+		            : s->end_reason != NULL         ? s->end_reason
+		            : s->c.up_state == CONN_UP_GONE ? "upstream closed"
+		                                            : "done");
 		return;
 	}
-	if (s->stop_when_idle && s->nslots == 0 && s->client_wq == 0) {
+	if (s->stop_when_idle && s->nslots == 0 && s->c.client.wq == 0) {
 		p3_close(s, "shutdown");
 		return;
 	}
-	p3_update_reading(s);
+	conn_update_reading(&s->c, 1, 1);
 }
 
 /* ------------------------------------------------------------------ */
 /* timers and connecting                                               */
 
-static void p3_on_timer(uv_timer_t *t)
+/* Once a second: the idle clocks (RFC 1939 section 3 autologout, upstream). */
+static void p3_on_tick(struct conn_pair *p)
 {
-	struct pop3_session *s = t->data;
+	struct pop3_session *s = p3_of(p);
 	const struct config *cfg = p3_cfg(s);
 	uint64_t now = p3_now(s);
 
-	if (s->closing)
-		return;
-	if (s->up_state < 2 && now - s->start_ms > cfg->timeout_connect * 1000ull) {
-		log_msg(LOG_LVL_WARN, s->base.sid, "pop3 upstream=%s connect timed out",
-		        s->upstream_name);
-		p3_write(s, 1, "-ERR [SYS/TEMP] mailmoat: upstream unavailable\r\n", 48);
-		s->up_state = 3;
-		s->close_after_flush = 1;
-		p3_run(s);
-		return;
-	}
 	/*
 	 * Waiting on the upstream for an answer (nothing buffered to parse)
 	 * counts against the upstream; the clock runs from its last byte or
 	 * our last command, whichever came later.
 	 */
-	if (s->up_state == 2 && s->ucur != NULL && s->uin_len == 0 &&
-	    now - s->last_upstream_ms > cfg->timeout_upstream_idle * 1000ull) {
+	if (s->c.up_state == CONN_UP_CONNECTED && s->ucur != NULL &&
+	    s->c.upstream.len == 0 &&
+	    now - s->c.upstream.last_ms > cfg->timeout_upstream_idle * 1000ull) {
 		p3_upstream_failed(s, "upstream idle time-out");
 		p3_run(s);
 		return;
 	}
-	/* RFC 1939 section 3: the autologout timer, only while nothing is pending */
+	/* the autologout timer runs only while nothing is pending */
 	if (s->nslots == 0 &&
-	    now - s->last_client_ms > cfg->timeout_client_idle * 1000ull)
+	    now - s->c.client.last_ms > cfg->timeout_client_idle * 1000ull)
 		p3_close(s, "client idle time-out");
 }
 
-static void p3_on_connect(uv_connect_t *req, int status)
+static void p3_on_connected(struct conn_pair *p, int status)
 {
-	struct pop3_session *s = req->data;
+	struct pop3_session *s = p3_of(p);
 
-	if (s->closing || s->up_state == 3)
-		return;
 	if (status < 0) {
-		log_msg(LOG_LVL_WARN, s->base.sid, "pop3 upstream=%s connect failed: %s",
-		        s->upstream_name, uv_strerror(status));
-		s->up_state = 3;
 		p3_write(s, 1, "-ERR [SYS/TEMP] mailmoat: upstream unavailable\r\n", 48);
 		s->close_after_flush = 1;
-		p3_run(s);
-		return;
 	}
-	s->up_state = 2;
-	s->last_upstream_ms = p3_now(s);
-	/* whole responses leave at once: no 40 ms delayed-ACK stalls */
-	uv_tcp_nodelay(&s->upstream, 1);
 	p3_run(s);
 }
 
-static void p3_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *ai)
-{
-	struct pop3_session *s = req->data;
-	int r;
-
-	if (status == UV_ECANCELED || s->closing) {
-		if (ai != NULL)
-			uv_freeaddrinfo(ai);
-		p3_release(s);
-		return;
-	}
-	p3_release(s); /* the lookup is over; the handles still hold the session */
-	s->up_state = 1;
-	if (status < 0) {
-		log_msg(LOG_LVL_WARN, s->base.sid, "pop3 upstream=%s resolve failed: %s",
-		        s->upstream_name, uv_strerror(status));
-		p3_on_connect(&s->connreq, status);
-		return;
-	}
-	s->connreq.data = s;
-	r = uv_tcp_connect(&s->connreq, &s->upstream, ai->ai_addr, p3_on_connect);
-	uv_freeaddrinfo(ai);
-	if (r < 0)
-		p3_on_connect(&s->connreq, r);
-}
+static const struct conn_ops p3_conn_ops = {
+    .connected = p3_on_connected,
+    .read = p3_on_read,
+    .written = p3_on_written,
+    .tick = p3_on_tick,
+    .freed = p3_on_freed,
+};
 
 int pop3_session_accept(struct server *srv, const struct cfg_listener *lcfg,
                         uv_stream_t *listener)
 {
 	struct pop3_session *s = calloc(1, sizeof(*s));
-	struct sockaddr_storage ss;
-	struct addrinfo hints;
-	char port[8];
-	int len = sizeof(ss), r;
-	struct p3_slot *greet;
+	int r;
 
 	if (s == NULL) {
 		uv_tcp_t *tmp = malloc(sizeof(*tmp));
@@ -1479,52 +1320,33 @@ int pop3_session_accept(struct server *srv, const struct cfg_listener *lcfg,
 		}
 		return -1;
 	}
-	uv_tcp_init(srv->loop, &s->client);
-	uv_tcp_init(srv->loop, &s->upstream);
-	uv_timer_init(srv->loop, &s->timer);
-	s->client.data = s->upstream.data = s->timer.data = s;
-	s->gai.data = s;
-	s->connreq.data = s;
-	s->open_handles = 3;
 	s->base.lcfg = lcfg;
 	s->base.force_close = p3_force_close;
 	s->base.shutdown = p3_shutdown;
 	server_session_add(srv, &s->base);
+	conn_pair_init(&s->c, srv->loop, &p3_conn_ops, s->base.sid, "pop3", s->cin,
+	               sizeof(s->cin), s->uin, sizeof(s->uin));
 	pop3_cmd_init(&s->cp);
 	pop3_resp_init(&s->rp, 0); /* the spool bounds message size, not the parser */
-	s->start_ms = s->last_client_ms = s->last_upstream_ms = uv_now(srv->loop);
-	snprintf(s->upstream_name, sizeof(s->upstream_name), "%s:%u", lcfg->upstream_host,
-	         lcfg->upstream_port);
 
-	r = uv_accept(listener, (uv_stream_t *)&s->client);
+	r = conn_pair_accept(&s->c, listener);
 	if (r < 0) {
 		log_msg(LOG_LVL_WARN, s->base.sid, "accept failed: %s", uv_strerror(r));
 		p3_close(s, "accept failed");
 		return -1;
 	}
-	if (uv_tcp_getpeername(&s->client, (struct sockaddr *)&ss, &len) == 0)
-		lsn_addr_str((struct sockaddr *)&ss, s->peer, sizeof(s->peer));
-	uv_tcp_nodelay(&s->client, 1);
-	log_msg(LOG_LVL_INFO, s->base.sid, "pop3 connect client=%s upstream=%s", s->peer,
-	        s->upstream_name);
-
-	greet = p3_slot_add(s, P3K_GREETING);
-	if (greet == NULL)
+	r = conn_pair_connect(&s->c, lcfg->upstream_host, lcfg->upstream_port,
+	                      srv->cfg->timeout_connect);
+	log_msg(LOG_LVL_INFO, s->base.sid, "pop3 connect client=%s upstream=%s",
+	        s->c.peer, s->c.upstream_name);
+	if (p3_slot_add(s, P3K_GREETING) == NULL)
 		return -1;
-	uv_timer_start(&s->timer, p3_on_timer, 1000, 1000);
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	snprintf(port, sizeof(port), "%u", lcfg->upstream_port);
-	s->open_handles++; /* the pending lookup keeps the session alive */
-	r = uv_getaddrinfo(srv->loop, &s->gai, p3_on_resolved, lcfg->upstream_host, port,
-	                   &hints);
 	if (r < 0) {
-		s->open_handles--;
-		s->up_state = 1;
-		p3_on_connect(&s->connreq, r);
+		log_msg(LOG_LVL_WARN, s->base.sid, "pop3 upstream=%s: %s",
+		        s->c.upstream_name, uv_strerror(r));
+		p3_on_connected(&s->c, r);
 		return 0;
 	}
-	p3_update_reading(s);
+	conn_update_reading(&s->c, 1, 1);
 	return 0;
 }
