@@ -169,9 +169,13 @@ class Dovecot:
     or after start() (Dovecot picks up new maildir files on the next login).
     """
 
-    def __init__(self, workdir, users, pop3_port=None, imap_port=None, tls=False):
+    def __init__(self, workdir, users, pop3_port=None, imap_port=None, tls=False,
+                 compress=False):
         self.workdir = os.path.abspath(workdir)
         self.tls = tls
+        # compress: load imap_zlib so that IMAP offers COMPRESS=DEFLATE
+        # (RFC 4978), which the proxy must hide.
+        self.compress = compress
         self.users = dict(users)
         if pop3_port is None or imap_port is None:
             p, i = free_ports(2)
@@ -318,10 +322,11 @@ protocol pop3 {{
   mail_max_userip_connections = 100
 }}
 protocol imap {{
-  mail_max_userip_connections = 100
+  mail_max_userip_connections = 100{imap_plugins}
 }}
 """.format(base=self.base_dir, state=self.state_dir, log=self.log_path,
-           users=self.users_path, pop3=self.pop3_port, imap=self.imap_port, ssl=ssl)
+           users=self.users_path, pop3=self.pop3_port, imap=self.imap_port, ssl=ssl,
+           imap_plugins="\n  mail_plugins = $mail_plugins imap_zlib" if self.compress else "")
         with open(self.config_path, "w") as f:
             f.write(conf)
         os.chmod(self.config_path, 0o644)
@@ -1101,10 +1106,11 @@ def log(msg):
     sys.stderr.flush()
 
 
-def run_fetchmail(home, port, user, password, verbose=False, timeout=300):
+def run_fetchmail(home, port, user, password, verbose=False, timeout=300, protocol="pop3"):
     """Downloads a mailbox with fetchmail (a real client: it trusts LIST
     sizes, keeps the mail on the server) from 127.0.0.1:port. home is a new
     directory for its rc file (mode 0600, as fetchmail demands) and output.
+    protocol is fetchmail's: "pop3" or "imap" (the INBOX, LOGIN).
     Returns (returncode, output with the password masked, [message bytes]
     in delivery order), or None when fetchmail is not installed."""
     fetchmail = shutil.which("fetchmail")
@@ -1124,10 +1130,11 @@ def run_fetchmail(home, port, user, password, verbose=False, timeout=300):
     rc = os.path.join(home, "fetchmailrc")
     with open(rc, "w") as f:
         f.write('set no bouncemail\nset no syslog\n'
-                'poll %s service %d protocol pop3 auth password timeout 60\n'
+                'poll %s service %d protocol %s auth password timeout 60\n'
                 '  user "%s" there with password "%s" is "root" here\n'
                 "  options keep fetchall no rewrite sslproto '' no sslcertck\n"
-                '  mda "%s %s %s"\n' % (HOST, port, user, password, sys.executable, mda, outdir))
+                '  mda "%s %s %s"\n' % (HOST, port, protocol, user, password, sys.executable, mda,
+                                        outdir))
     os.chmod(rc, 0o600)
     env = dict(os.environ, FETCHMAILHOME=home, FETCHMAILUSER="root", LC_ALL="C")
     args = [fetchmail, "-f", rc, "--nodetach"] + (["-v"] if verbose else [])
@@ -1138,3 +1145,288 @@ def run_fetchmail(home, port, user, password, verbose=False, timeout=300):
         with open(os.path.join(outdir, fn), "rb") as f:
             msgs.append(f.read())
     return r.returncode, r.stdout.decode("utf-8", "replace").replace(password, "***"), msgs
+
+
+# ------------------------------------------------------------- raw IMAP ----
+#
+# A response is kept as a list of pieces that alternate text, literal,
+# text, ...: every text piece but the last ends in a literal marker
+# ("{n}\r\n" or "~{n}\r\n") and the next piece is that literal's bytes,
+# exactly as received.
+
+_LIT_MARK = re.compile(rb"~?\{(\d+)\+?\}\r\n$")
+_LIT_MARK_LOOSE = re.compile(rb"~?\{(\d+)\+?\}(?:\r\n)?$")   # imaplib drops the CRLF
+
+
+class RawImap:
+    """A minimal IMAP client that keeps the exact bytes of every response
+    (literals included) and lets a test send anything, tags included."""
+
+    def __init__(self, port, host=HOST, timeout=60.0, max_literal=1 << 30):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = bytearray()
+        self.max_literal = max_literal
+        self._tag = 0
+        self.greeting = self.read_response()
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def _fill(self):
+        chunk = self.sock.recv(1 << 18)
+        if not chunk:
+            raise EOFError("connection closed by peer")
+        self.buf += chunk
+
+    def readline(self):
+        while True:
+            i = self.buf.find(b"\n")
+            if i >= 0:
+                line = bytes(self.buf[:i + 1])
+                del self.buf[:i + 1]
+                return line
+            self._fill()
+
+    def readexact(self, n):
+        while len(self.buf) < n:
+            self._fill()
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+    def read_response(self):
+        """One whole response (a line and the literals it announces), as a
+        list of pieces."""
+        pieces = []
+        while True:
+            line = self.readline()
+            pieces.append(line)
+            m = _LIT_MARK.search(line)
+            if not m:
+                return pieces
+            n = int(m.group(1))
+            if n > self.max_literal:
+                raise ValueError("literal of %d octets announced" % n)
+            pieces.append(self.readexact(n))
+
+    def next_tag(self):
+        self._tag += 1
+        return "t%03d" % self._tag
+
+    def command(self, line, tag=None):
+        """Sends "tag line"; returns (tagged response line, [untagged and
+        continuation responses, each a list of pieces])."""
+        tag = tag or self.next_tag()
+        self.send(tag.encode() + b" " + (line.encode() if isinstance(line, str) else line) + b"\r\n")
+        return self.read_until_tagged(tag)
+
+    def read_until_tagged(self, tag):
+        untagged = []
+        while True:
+            resp = self.read_response()
+            if resp[0].startswith(tag.encode() + b" "):
+                return resp[0], untagged
+            untagged.append(resp)
+
+    def login(self, user, password):
+        st, _ = self.command("LOGIN %s %s" % (imap_quote(user), imap_quote(password)))
+        if not st.split(b" ", 2)[1].startswith(b"OK"):
+            raise RuntimeError("LOGIN refused: %r" % st)
+        return st
+
+    def read_all(self, timeout=None):
+        """Reads until the peer closes (or timeout); returns the bytes."""
+        if timeout is not None:
+            self.sock.settimeout(timeout)
+        out = bytearray(self.buf)
+        self.buf = bytearray()
+        while True:
+            try:
+                chunk = self.sock.recv(1 << 18)
+            except (socket.timeout, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            out += chunk
+        return bytes(out)
+
+
+def imap_quote(s):
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def imap_status(tagged_line):
+    """"OK", "NO" or "BAD" of a tagged response line (bytes)."""
+    w = tagged_line.split(b" ", 2)
+    return w[1].decode("ascii", "replace").upper() if len(w) > 1 else ""
+
+
+_TOKEN = re.compile(rb'\s*(?:(\()|(\))|"((?:[^"\\]|\\.)*)"|([^\s()"\[\]{]+(?:\[[^\]]*\](?:<\d+>)?)?))',
+                    re.S)
+
+
+class _Lit(bytes):
+    """A literal's bytes in the token stream."""
+
+
+def _imap_tokens(pieces):
+    out = []
+    for i, p in enumerate(pieces):
+        if i % 2:
+            out.append(_Lit(p))
+            continue
+        text = p
+        m = _LIT_MARK_LOOSE.search(text) if i + 1 < len(pieces) else None
+        if m:
+            text = text[:m.start()]
+        pos = 0
+        while pos < len(text):
+            t = _TOKEN.match(text, pos)
+            if t is None or t.end() == pos:
+                if text[pos:].strip() == b"":
+                    break
+                raise ValueError("cannot tokenize %r at %d" % (text, pos))
+            pos = t.end()
+            if t.group(1):
+                out.append("(")
+            elif t.group(2):
+                out.append(")")
+            elif t.group(3) is not None:
+                out.append(_Lit(re.sub(rb"\\(.)", rb"\1", t.group(3))))
+            elif t.group(4) is not None:
+                out.append(t.group(4).decode("utf-8", "replace"))
+    return out
+
+
+def _imap_value(toks, i):
+    t = toks[i]
+    if t == "(":
+        lst, i = [], i + 1
+        while toks[i] != ")":
+            v, i = _imap_value(toks, i)
+            lst.append(v)
+        return lst, i + 1
+    if isinstance(t, _Lit):
+        return bytes(t), i + 1
+    if t.upper() == "NIL":
+        return None, i + 1
+    return t, i + 1
+
+
+def parse_fetch(pieces):
+    """Parses one FETCH response ("* n FETCH (...)", or imaplib's form
+    without "* " and "FETCH") into (n, {ATTRIBUTE: value}). Attribute names
+    are upper-cased ("BODY[]<0>", "BODY[HEADER.FIELDS (SUBJECT)]"); values:
+    bytes for strings and literals, None for NIL, str for atoms, lists for
+    parenthesised lists. Returns None for a response that is not a FETCH."""
+    toks = _imap_tokens(pieces)
+    i = 0
+    if toks and toks[0] == "*":
+        i = 1
+    if i >= len(toks) or not isinstance(toks[i], str) or not toks[i].isdigit():
+        return None
+    n = int(toks[i])
+    i += 1
+    if i < len(toks) and isinstance(toks[i], str) and toks[i].upper() == "FETCH":
+        i += 1
+    if i >= len(toks) or toks[i] != "(":
+        return None
+    i += 1
+    attrs = {}
+    while toks[i] != ")":
+        key = toks[i].upper()
+        v, i = _imap_value(toks, i + 1)
+        attrs[key] = v
+    return n, attrs
+
+
+def imaplib_responses(data):
+    """Turns what imaplib returns for FETCH (a list of bytes and (head,
+    literal) tuples) into a list of responses, each a list of pieces."""
+    out = []
+    start = re.compile(rb"^\d+ \(")
+    for item in data:
+        if item is None:
+            continue
+        head = item[0] if isinstance(item, tuple) else item
+        if start.match(head) or not out:
+            out.append([])
+        if isinstance(item, tuple):
+            if len(out[-1]) % 2:           # a text piece must come first
+                out[-1][-1] += item[0]
+            else:
+                out[-1].append(item[0])
+            out[-1].append(item[1])
+        else:
+            if len(out[-1]) % 2:
+                out[-1][-1] += item
+            else:
+                out[-1].append(item)
+    return out
+
+
+def fetch_by_uid(responses):
+    """{uid: attributes} from FETCH responses (each a list of pieces) that
+    carry a UID; attributes of several responses for one UID are merged."""
+    res = {}
+    for r in responses:
+        f = parse_fetch(r)
+        if f is None or "UID" not in f[1]:
+            continue
+        res.setdefault(int(f[1]["UID"]), {}).update(f[1])
+    return res
+
+
+def run_mbsync(home, port, user, password, mailbox="INBOX", timeout=300, verbose=False):
+    """Pulls mailbox from the IMAP server on 127.0.0.1:port into a new
+    local Maildir with mbsync (isync). home is a new directory for its rc
+    file, state and the Maildir. Returns (returncode, output with the
+    password masked, {uid: message bytes as stored}, seconds), or None when
+    mbsync is not installed."""
+    mbsync = shutil.which("mbsync")
+    if not mbsync:
+        return None
+    os.makedirs(home)
+    os.chmod(home, 0o700)
+    local = os.path.join(home, "Mail")
+    os.makedirs(local)
+    rc = os.path.join(home, "mbsyncrc")
+    with open(rc, "w") as f:
+        f.write("IMAPAccount acc\nHost %s\nPort %d\nUser %s\nPass %s\nSSLType None\n"
+                "AuthMechs LOGIN\nTimeout %d\nPipelineDepth 4\n\n"
+                "IMAPStore far\nAccount acc\n\n"
+                "MaildirStore near\nPath %s/\nInbox %s/INBOX\nSubFolders Verbatim\n\n"
+                "Channel ch\nFar :far:\nNear :near:\nPatterns %s\nCreate Near\nSync Pull\n"
+                "SyncState *\nExpunge None\n"
+                % (HOST, port, user, imap_quote(password), min(timeout, 600), local, local, mailbox))
+    os.chmod(rc, 0o600)
+    env = dict(os.environ, HOME=home, LC_ALL="C")
+    t0 = time.monotonic()
+    r = subprocess.run([mbsync, "-c", rc] + (["-V"] if verbose else []) + ["ch"],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, env=env, timeout=timeout)
+    took = time.monotonic() - t0
+    msgs = {}
+    box = os.path.join(local, "INBOX") if mailbox.upper() == "INBOX" else os.path.join(local, mailbox)
+    for sub in ("cur", "new"):
+        d = os.path.join(box, sub)
+        if not os.path.isdir(d):
+            continue
+        for fn in os.listdir(d):
+            m = re.search(r",U=(\d+)", fn)
+            if m:
+                with open(os.path.join(d, fn), "rb") as fh:
+                    msgs[int(m.group(1))] = fh.read()
+    return r.returncode, r.stdout.decode("utf-8", "replace").replace(password, "***"), msgs, took

@@ -35,6 +35,7 @@ USERS = {
     "dave": "Dave-pw-2Hs&v",       # auth tests only
     "erin": "Erin-pw-5Tn$c",       # DELE test (its mailbox is emptied)
     "frank": "Frank-pw-8Wy*q",     # harder payloads: nested, zipped, Japanese, in big messages
+    "grace": "Grace-pw-6Jv+t",     # IMAP: malicious in the middle, ~1 MiB clean and infected
 }
 
 
@@ -45,6 +46,15 @@ def _eicar_small(to, n):
 def _big(kind, tail_parts, subject):
     def writer_for(to, n):
         return mh.big_message_writer(MID_MIB << 20, to=to, n=n, tail_parts=tail_parts,
+                                     subject=subject, frm="Big Sender <big@example.test>")
+    return writer_for
+
+
+def _mib_message(tail_parts, subject, seed):
+    """About 1 MiB: big enough for several 64 KiB chunks and three 393216-byte
+    ones (IMAP partial fetches); seeded, so every run builds the same bytes."""
+    def writer_for(to, n):
+        return mh.big_message_writer(1 << 20, to=to, n=n, seed=seed, tail_parts=tail_parts,
                                      subject=subject, frm="Big Sender <big@example.test>")
     return writer_for
 
@@ -85,6 +95,18 @@ def build_mailboxes(dv):
                                "Big archive with a tool at the end"), True),
             ("big_clean", _big("big_clean", [], "Big archive, harmless"), False),
             ("dots", mh.msg_dots, False),
+        ],
+        # IMAP tests only (POP3 tests never log in as grace).
+        "grace": [
+            ("plain", mh.msg_plain, False), ("multipart", mh.msg_multipart_attachment, False),
+            ("eicar", mh.msg_eicar_attachment, True), ("iso2022jp", mh.msg_japanese_iso2022jp, False),
+            ("mib_clean", _mib_message([], "One megabyte, harmless", 1), False),
+            ("dots", mh.msg_dots, False),
+            ("mib_eicar", _mib_message([("tool.com", "application/octet-stream", mh.EICAR)],
+                                       "One megabyte with a tool at the end", 2), True),
+            ("clamzip", mh.msg_clamzip_attachment, True), ("utf8", mh.msg_japanese_utf8, False),
+            ("long_lines", mh.msg_long_lines, False), ("no_final_newline", mh.msg_no_final_newline, False),
+            ("eicar_small", _eicar_small, True), ("html", mh.msg_html_alternative, False),
         ],
     }
     described = {}
@@ -133,7 +155,7 @@ def start():
     t0 = time.monotonic()
     workdir = tempfile.mkdtemp(prefix="mailmoat-it-dovecot-")
     os.chmod(workdir, 0o755)
-    dv = mh.Dovecot(workdir, USERS, tls=True)
+    dv = mh.Dovecot(workdir, USERS, tls=True, compress=True)   # offers STLS/STARTTLS, COMPRESS=DEFLATE
     described = build_mailboxes(dv)
     try:
         dv.start()

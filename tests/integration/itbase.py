@@ -187,3 +187,151 @@ def list_sizes(raw_list_body):
 
 def sha256(b):
     return hashlib.sha256(b).hexdigest()
+
+
+# ---------------------------------------------------------------- IMAP ----
+
+import imaplib  # noqa: E402
+
+imaplib._MAXLINE = 1 << 20
+for _c, _states in (("COMPRESS", ("AUTH", "SELECTED")), ("STARTTLS", ("NONAUTH",)),
+                    ("IDLE", ("AUTH", "SELECTED")), ("ID", ("NONAUTH", "AUTH", "SELECTED"))):
+    imaplib.Commands.setdefault(_c, _states)
+
+CHUNK_TB = 65536        # Thunderbird's partial fetch size
+CHUNK_IOS = 393216      # iOS Mail's
+
+
+class ImapCase(ProxyCase):
+    """Base class for the IMAP tests: self.imap_up (Dovecot's IMAP port),
+    proxies with an IMAP listener, imaplib and raw connections, and the
+    direct reference of a user's INBOX."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.imap_up = cls.st["imap_port"]
+        cls._direct_cache = {}
+
+    @classmethod
+    def class_imap_proxy(cls, name="imap-proxy", **cfg):
+        p = mh.Mailmoat(os.path.join(cls._tmp, name), [("imap", cls.imap_up)], **cfg).start()
+        cls._class_proxies.append(p)
+        return p
+
+    def start_imap_proxy(self, name=None, **cfg):
+        """A mailmoat with one IMAP listener for this test only (a crash or
+        an unclean exit fails the test at clean-up)."""
+        name = name or self._testMethodName
+        p = mh.Mailmoat(os.path.join(self._tmp, name), [("imap", self.imap_up)], **cfg)
+        p.start()
+        self.addCleanup(self._stop_checked, p)
+        return p
+
+    @classmethod
+    def imap(cls, port, name, select="INBOX", readonly=True):
+        """An imaplib connection logged in as the fixture user name (and
+        the mailbox selected, EXAMINE when readonly)."""
+        c = imaplib.IMAP4(mh.HOST, port, timeout=120)
+        c.login(name, cls.st["users"][name]["password"])
+        if select:
+            typ, data = c.select(select, readonly=readonly)
+            if typ != "OK":
+                raise AssertionError("SELECT %s: %s %r" % (select, typ, data))
+        return c
+
+    @classmethod
+    def raw(cls, port, name=None, select=None):
+        c = mh.RawImap(port, timeout=120)
+        if name:
+            c.login(name, cls.st["users"][name]["password"])
+        if select:
+            st, _ = c.command("SELECT %s" % mh.imap_quote(select))
+            if mh.imap_status(st) != "OK":
+                raise AssertionError("SELECT %s: %r" % (select, st))
+        return c
+
+    @staticmethod
+    def uid_fetch(conn, uids, items):
+        """imaplib UID FETCH; returns {uid: {ATTRIBUTE: value}}."""
+        typ, data = conn.uid("FETCH", uids, items)
+        if typ != "OK":
+            raise AssertionError("UID FETCH %s %s: %s %r" % (uids, items, typ, data))
+        return mh.fetch_by_uid(mh.imaplib_responses(data))
+
+    @classmethod
+    def direct_whole(cls, name):
+        """{uid: whole message} of name's INBOX, straight from Dovecot
+        (BODY.PEEK[], so nothing is marked \\Seen)."""
+        if name not in cls._direct_cache:
+            with cls.imap(cls.st["imap_port"], name) as c:
+                got = cls.uid_fetch(c, "1:*", "(UID BODY.PEEK[])")
+            cls._direct_cache[name] = {u: a["BODY[]"] for u, a in got.items()}
+        return cls._direct_cache[name]
+
+    def imap_messages(self, name):
+        """The fixture's descriptions of name's messages with their UIDs
+        (Dovecot gave UIDs in the order the messages were added; checked
+        against the Message-ID)."""
+        whole = self.direct_whole(name)
+        msgs = []
+        for m in self.messages(name):
+            m = dict(m, uid=m["num"])
+            self.assertIn(m["uid"], whole, "no UID %d in %s's INBOX" % (m["uid"], name))
+            if m["message_id"]:
+                self.assertEqual(mh.header_of(whole[m["uid"]], "Message-ID"), m["message_id"],
+                                 "UID %d of %s is not the fixture's message %d" % (m["uid"], name, m["num"]))
+            msgs.append(m)
+        return msgs
+
+    def imap_verdicts(self, proxy, name=None):
+        """The IMAP verdict log lines: [event dict]."""
+        return [e for e in proxy.log_events()
+                if e["_words"][3:4] == ["imap"] and "verdict" in e and "uid" in e
+                and (name is None or e.get("user") == name)]
+
+    def assertImapNotice(self, notice, original, proxy=None):
+        """An infected message's substitute: the notice (see assertNotice),
+        padded to the original's size, naming a quarantine entry of proxy
+        that holds the original."""
+        self.assertNotice(notice, original, len(original))
+        qid = mh.header_of(notice, "X-Mailmoat-Quarantine-Id")
+        self.assertIsNotNone(qid, "notice without X-Mailmoat-Quarantine-Id")
+        self.assertIn(qid.encode(), notice)
+        if proxy is not None:
+            entries = {q[0]: q for q in proxy.quarantine()}
+            self.assertIn(qid, entries, "quarantine id %s is not in %s" % (qid, proxy.quarantine_dir))
+            with open(entries[qid][1], "rb") as f:
+                self.assertEqual(f.read(), original, "quarantined %s is not the original" % qid)
+        return qid
+
+
+def chunked_fetch(conn, uid, chunk, past_end=False, limit=1 << 31):
+    """Downloads one message the way mail clients do: UID FETCH uid (UID
+    RFC822.SIZE BODY.PEEK[]<off.chunk>) until a chunk comes back short
+    (and, past_end, once more after the end, as iOS Mail does). Returns
+    (bytes, RFC822.SIZE, number of fetches, [chunk lengths])."""
+    got = bytearray()
+    size = None
+    lens = []
+    off = 0
+    while off < limit:
+        typ, data = conn.uid("FETCH", str(uid), "(UID RFC822.SIZE BODY.PEEK[]<%d.%d>)" % (off, chunk))
+        if typ != "OK":
+            raise AssertionError("chunk at %d: %s %r" % (off, typ, data))
+        attrs = mh.fetch_by_uid(mh.imaplib_responses(data)).get(uid)
+        if attrs is None:
+            raise AssertionError("no FETCH response for UID %d at %d: %r" % (uid, off, data[:3]))
+        key = "BODY[]<%d>" % off
+        if key not in attrs:
+            raise AssertionError("no %s in %r" % (key, sorted(attrs)))
+        part = attrs[key] or b""
+        size = int(attrs["RFC822.SIZE"])
+        lens.append(len(part))
+        got += part
+        off += chunk
+        if len(part) < chunk:
+            if past_end and part:
+                continue
+            break
+    return bytes(got), size, len(lens), lens
