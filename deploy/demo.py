@@ -10,6 +10,13 @@ downloads it through mailmoat twice:
   2. on_malicious: quarantine every message arrives, the malicious ones as
                               notices, the originals in the quarantine.
 
+Then an IMAP client (python's imaplib) reads the same mailbox in place
+through mailmoat:
+
+  3. IMAP                     the listing is the server's; opening a
+                              malicious message shows the notice, also when
+                              it is downloaded in 64 KiB chunks.
+
 Usage: demo.py --workdir DIR [--bin build/mailmoat]. Everything it starts
 is stopped before it returns; DIR is left for the caller to remove.
 """
@@ -56,7 +63,7 @@ def build_mailbox(dv):
     msgs = [
         mh.msg_plain(to=to, n=0, subject="Lunch on Friday?"),
         mh.msg_multipart_attachment(to=to, n=1),
-        mh.msg_eicar_attachment(to=to, n=2, pad_text=6000),
+        mh.msg_eicar_attachment(to=to, n=2, pad_text=150000),   # > 64 KiB: IMAP chunks
         mh.msg_japanese_utf8(to=to, n=3),
         mh.msg_clamzip_attachment(to=to, n=4),
         mh.msg_japanese_iso2022jp(to=to, n=5),
@@ -198,21 +205,116 @@ def run(workdir, binary):
         for line in verdict_lines(proxy)[:4]:
             say("    " + line)
         proxy.stop()
+
+        # ---- 3: IMAP --------------------------------------------------
+        heading("3. IMAP -- messages stay on the server, read through mailmoat")
+        proxy = mh.Mailmoat(os.path.join(workdir, "mailmoat-imap"), [("imap", dv.imap_port)],
+                            binary=binary, on_malicious="quarantine",
+                            admin_contact="postmaster@example.jp")
+        proxies.append(proxy)
+        proxy.start()
+        _pidfile(workdir, proxy)
+        say("mailmoat listens on %s:%d (IMAP) in front of %s:%d" % (mh.HOST, proxy.port, mh.HOST,
+                                                                     dv.imap_port))
+        imap_ok, imap_notices = imap_act(proxy, dv)
+        proxy.stop()
+
         ok = len(results[0]) == len(msgs) and len(results[1]) == len(msgs) and len(notices) == 2
         heading("Result")
         if ok:
             say("abort:      the download stalled at message %s on all %d tries." % (stalls[0], RETRIES))
             say("quarantine: all %d messages arrived, twice; the 2 malicious ones as notices," % len(msgs))
             say("            the originals kept in the quarantine (ID.eml + ID.json, mode 0600).")
-            if proxy.peak_rss_kib:
-                say("            mailmoat peak RSS: %.1f MiB" % (proxy.peak_rss_kib / 1024))
-        else:
+            if proxies[1].peak_rss_kib:
+                say("            mailmoat peak RSS: %.1f MiB" % (proxies[1].peak_rss_kib / 1024))
+        if imap_ok:
+            say("imap:       the listing is the server's; the %d malicious messages open as notices,"
+                % imap_notices)
+            say("            whole or in 64 KiB chunks; the others byte for byte.")
+        if not (ok and imap_ok):
             say("Something did not go as expected (see above).")
-        return 0 if ok and stalls[0] is not None and len(set(stalls)) == 1 else 1
+        return 0 if ok and imap_ok and stalls[0] is not None and len(set(stalls)) == 1 else 1
     finally:
         for p in proxies:
             p.stop()
         dv.stop()
+
+
+def imap_act(proxy, dv):
+    """Lists, opens and chunk-downloads the mailbox with imaplib through
+    the proxy (and, for comparison, straight from Dovecot). Returns (all
+    as expected, number of notices)."""
+    import imaplib
+    imaplib._MAXLINE = 1 << 20
+
+    def connect(port):
+        c = imaplib.IMAP4(mh.HOST, port, timeout=60)
+        c.login(USER, PASSWORD)
+        c.select("INBOX")
+        return c
+
+    def fetch(c, uids, items):
+        typ, data = c.uid("FETCH", uids, items)
+        return mh.fetch_by_uid(mh.imaplib_responses(data)) if typ == "OK" else {}
+
+    ok = True
+    d = connect(dv.imap_port)
+    direct = {u: a["BODY[]"] for u, a in fetch(d, "1:*", "(UID BODY.PEEK[])").items()}
+    d.logout()
+    c = connect(proxy.port)
+    try:
+        say()
+        say("  List (UID FETCH 1:* (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])):")
+        listing = fetch(c, "1:*", "(UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        for u in sorted(listing):
+            subj = decode(mh.header_of(listing[u]["BODY[HEADER.FIELDS (SUBJECT)]"] or b"", "Subject"))
+            say("    uid %d  %7s octets  %s" % (u, listing[u]["RFC822.SIZE"], subj[:60]))
+        say()
+        say("  Open each (UID FETCH n (BODY.PEEK[])):")
+        bad = []
+        for u in sorted(listing):
+            body = fetch(c, str(u), "(UID BODY.PEEK[])").get(u, {}).get("BODY[]") or b""
+            subj = decode(mh.header_of(body, "Subject"))
+            if "[mailmoat:" in subj:
+                qid = mh.header_of(body, "X-Mailmoat-Quarantine-Id")
+                say("    uid %d  !  %s" % (u, subj[:90]))
+                say("              quarantine id %s, %d octets, no malware: %s"
+                    % (qid, len(body), "yes" if mh.EICAR not in body else "NO"))
+                bad.append((u, body))
+            else:
+                same = body == direct.get(u)
+                ok = ok and same
+                say("    uid %d  %s  %s%s" % (u, "✓" if same else "✗", subj[:70],
+                                             "" if same else "   (differs from the server's copy!)"))
+        ok = ok and len(bad) == 2
+        if bad:
+            u, notice = max(bad, key=lambda b: len(b[1]))
+            say()
+            say("  Thunderbird-style download of uid %d in 64 KiB chunks" % u)
+            say("  (UID FETCH %d (UID RFC822.SIZE BODY.PEEK[]<offset.65536>)):" % u)
+            got, off = bytearray(), 0
+            while True:
+                part = fetch(c, str(u), "(UID RFC822.SIZE BODY.PEEK[]<%d.65536>)" % off).get(u, {})
+                data = part.get("BODY[]<%d>" % off) or b""
+                say("    %-16s %6d octets" % ("<%d.65536>" % off, len(data)))
+                got += data
+                off += 65536
+                if len(data) < 65536:
+                    break
+            same = bytes(got) == notice
+            ok = ok and same
+            say("  -> %d octets reassembled: %s" % (len(got), "the same notice as the whole fetch"
+                                                      if same else "NOT the notice of the whole fetch!"))
+        say()
+        say("  mailmoat log (non-clean verdicts):")
+        for line in verdict_lines(proxy)[:4]:
+            say("    " + line)
+        return ok, len(bad)
+    finally:
+        try:
+            c.logout()
+        except (imaplib.IMAP4.error, OSError):
+            pass
 
 
 def _pidfile(workdir, proxy):
