@@ -7,11 +7,11 @@
  * of our memory. EMFILE is handled by libuv's reserve-descriptor trick.
  */
 #include <arpa/inet.h>
-#include <assert.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "proxy/log.h"
+#include "proxy/imap_session.h"
 #include "proxy/pop3_session.h"
 #include "proxy/server.h"
 
@@ -38,9 +38,10 @@ void lsn_addr_str(const struct sockaddr *sa, char *buf, size_t len)
 static void lsn_accept_one(struct lsn *l)
 {
 	l->pending = 0;
-	/* server_start() opens listeners only for protocols with a session type */
-	assert(l->lcfg->protocol == CFG_PROTO_POP3);
-	pop3_session_accept(l->srv, l->lcfg, (uv_stream_t *)&l->tcp);
+	if (l->lcfg->protocol == CFG_PROTO_IMAP)
+		imap_session_accept(l->srv, l->lcfg, (uv_stream_t *)&l->tcp);
+	else
+		pop3_session_accept(l->srv, l->lcfg, (uv_stream_t *)&l->tcp);
 }
 
 static void lsn_on_connection(uv_stream_t *server, int status)

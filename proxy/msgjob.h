@@ -30,6 +30,7 @@ struct msgjob {
 	struct server *srv;
 	uint64_t session_id;
 	uint64_t tag; /* the session's own cookie, e.g. its slot number */
+	uint64_t tag2; /* a second cookie of the session's */
 	msgjob_done_cb done;
 
 	/* inputs */

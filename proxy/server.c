@@ -19,7 +19,11 @@
 #include <unistd.h>
 
 #include "proxy/log.h"
+#include "proxy/vcache.h"
 #include "scanners/scan.h"
+
+/* Verdicts remembered for IMAP: about 1 KiB each (notices live in spools). */
+#define SERVER_VCACHE_ENTRIES 100000
 
 /* Drops root to cfg->run_as after the sockets are bound. */
 static int server_drop_privileges(const struct config *cfg)
@@ -95,17 +99,10 @@ int server_start(struct server *srv, uv_loop_t *loop, const struct config *cfg,
 	srv->next_id = ((uint64_t)seed << 16) | 1u;
 
 	srv->listeners = calloc(cfg->n_listeners, sizeof(*srv->listeners));
-	if (srv->listeners == NULL)
+	srv->vcache = vcache_new(SERVER_VCACHE_ENTRIES);
+	if (srv->listeners == NULL || srv->vcache == NULL)
 		return -1;
 	for (unsigned i = 0; i < cfg->n_listeners; i++) {
-		if (cfg->listeners[i].protocol != CFG_PROTO_POP3) {
-			log_msg(
-			    LOG_LVL_ERROR, NULL,
-			    "listener %s:%u: protocol %s is not served by this version",
-			    cfg->listeners[i].listen_host, cfg->listeners[i].listen_port,
-			    cfg_protocol_name(cfg->listeners[i].protocol));
-			return -1;
-		}
 		if (lsn_open(&srv->listeners[i], srv, &cfg->listeners[i]) < 0)
 			return -1;
 		srv->n_listeners++;
@@ -150,6 +147,7 @@ void server_stop(struct server *srv)
 void server_cleanup(struct server *srv)
 {
 	scan_engine_unref(&srv->engine);
+	vcache_free(&srv->vcache);
 	free(srv->listeners);
 	srv->listeners = NULL;
 }

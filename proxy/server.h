@@ -34,6 +34,7 @@ struct server {
 	uv_loop_t *loop;
 	const struct config *cfg;
 	struct scan_engine *engine; /* current engine: sessions take a ref per job */
+	struct vcache *vcache;      /* IMAP verdicts, shared by every session */
 	struct session_base *sessions;
 	unsigned n_sessions;
 	uint64_t next_id;

@@ -205,6 +205,11 @@ void scan_engine_unref(struct scan_engine **engp)
 	free(eng);
 }
 
+unsigned scan_engine_db_version(const struct scan_engine *eng)
+{
+	return eng->db_version;
+}
+
 unsigned scan_engine_signatures(const struct scan_engine *eng)
 {
 	return eng->sigs;

@@ -65,6 +65,9 @@ void scan_engine_ref(struct scan_engine *eng);
 /* Drops a reference, NULLs *engp; frees the engine on the last one. */
 void scan_engine_unref(struct scan_engine **engp);
 
+/* The signature database version the engine was compiled from. */
+unsigned scan_engine_db_version(const struct scan_engine *eng);
+
 /* Number of signatures compiled into the engine. */
 unsigned scan_engine_signatures(const struct scan_engine *eng);
 
