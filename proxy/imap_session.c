@@ -150,7 +150,32 @@ struct im_capture {
 	struct im_repl repl; /* of the literal after the text part being sent */
 };
 
-enum im_hold { IMH_NONE, IMH_WAIT_IDLE, IMH_OWN, IMH_STATE_COUNT };
+enum im_hold {
+	IMH_NONE,
+	IMH_WAIT_IDLE, /* a held FETCH waits for the client's earlier commands */
+	IMH_OWN,       /* ... then for the proxy's own pre-scan */
+	IMH_APPEND,    /* an upload is being scanned, then forwarded */
+	IMH_STATE_COUNT
+};
+
+/*
+ * An APPEND (RFC 3501 section 6.3.11; MULTIAPPEND, RFC 3502) taken whole
+ * from the client before anything reaches the server: its line segments
+ * and message literals, scanned, then forwarded or refused.
+ */
+struct im_append {
+	char tag[IM_TAG_MAX];
+	char mailbox[IM_MBOX_MAX];
+	struct im_capture cap; /* the command's parts, in order */
+	unsigned scans;        /* literals still being scanned */
+	int refused;           /* a message was malicious (or could not be scanned) */
+	char why[400];         /* for the NO */
+	/* forwarding */
+	int forwarding;
+	struct im_part *fp; /* the next part to send upstream */
+	uint64_t foff;
+	int wait_cont; /* a synchronizing literal waits for the server's "+" */
+};
 
 struct imap_session {
 	struct session_base base; /* first: server.c sees only this */
@@ -178,6 +203,8 @@ struct imap_session {
 	enum im_hold hold;
 	char *held; /* the held command's first segment */
 	size_t held_len;
+	struct im_append *app; /* an upload being taken, scanned or forwarded */
+	int cline_app;         /* the current client line belongs to app */
 	char own_tag[IM_TAG_MAX];
 	unsigned own_seq;
 	unsigned own_scans; /* own pre-scan captures still scanning */
@@ -344,6 +371,19 @@ static void im_on_freed(struct conn_pair *p)
 	}
 	free(s->held);
 	free(s->seq2uid);
+	if (s->app != NULL) {
+		struct im_capture *cp = &s->app->cap;
+
+		while (cp->parts != NULL) {
+			struct im_part *pt = cp->parts;
+
+			cp->parts = pt->next;
+			free(pt->text);
+			spool_unref(&pt->spool);
+			free(pt);
+		}
+		free(s->app);
+	}
 	server_session_remove(s->base.srv, &s->base);
 	free(s);
 }
@@ -464,8 +504,10 @@ static const struct vcache_entry *im_cached(struct imap_session *s, uint32_t uid
 /* True for a capability the proxy cannot mediate (it would lose the stream). */
 static int im_cap_blocked(const char *w, size_t len)
 {
+	/* CATENATE (RFC 4469) uploads parts by URL: nothing to scan before it lands */
 	return (len >= 9 && strncasecmp(w, "COMPRESS=", 9) == 0) ||
-	       (len == 8 && strncasecmp(w, "STARTTLS", 8) == 0);
+	       (len == 8 && strncasecmp(w, "STARTTLS", 8) == 0) ||
+	       (len == 8 && strncasecmp(w, "CATENATE", 8) == 0);
 }
 
 /*
@@ -786,6 +828,8 @@ static int im_flush(struct imap_session *s)
 
 static void im_held_release(struct imap_session *s);
 static void im_hold_progress(struct imap_session *s);
+static void im_append_end(struct imap_session *s);
+static int im_append_pump(struct imap_session *s);
 
 /*
  * Scans in flight, process-wide, by cache key: a session that needs a
@@ -1195,6 +1239,17 @@ static void im_line_start(struct imap_session *s, const struct imap_event *ev)
 		if (s->own_scans == 0)
 			im_held_release(s);
 		return;
+	}
+	if (tl == 1 && ev->data[0] == '+' && s->app != NULL && s->app->wait_cont) {
+		/* the server asks for the literal the proxy is forwarding */
+		s->app->wait_cont = 0;
+		s->uline = 3;
+		return;
+	}
+	if (s->app != NULL && s->app->forwarding && tl == strlen(s->app->tag) &&
+	    memcmp(ev->data, s->app->tag, tl) == 0) {
+		/* refused before all of it went up (no "+"): stop sending */
+		im_append_end(s);
 	}
 	if (tl == 1 && ev->data[0] == '*')
 		im_untagged(s, ev->data, ev->len);
@@ -1671,6 +1726,237 @@ static void im_held_release(struct imap_session *s)
 	s->held_len = 0;
 }
 
+/* Frees the upload and lets the client's next commands through. */
+static void im_append_end(struct imap_session *s)
+{
+	struct im_capture *cp = &s->app->cap;
+
+	while (cp->parts != NULL) {
+		struct im_part *pt = cp->parts;
+
+		cp->parts = pt->next;
+		free(pt->text);
+		spool_unref(&pt->spool);
+		free(pt);
+	}
+	free(s->app);
+	s->app = NULL;
+	s->cline_app = 0;
+	if (s->hold == IMH_APPEND)
+		s->hold = IMH_NONE;
+}
+
+/*
+ * Sends the upload upstream part by part. A synchronizing literal waits
+ * for the server's "+" (RFC 3501 section 7.5), which the client never sees:
+ * it was answered by the proxy already. Returns progress.
+ */
+static int im_append_pump(struct imap_session *s)
+{
+	struct im_append *a = s->app;
+	static char buf[IM_CHUNK];
+	int progress = 0;
+
+	if (a == NULL || !a->forwarding)
+		return 0;
+	while (a->fp != NULL && !a->wait_cont && s->c.upstream.wq < IM_WQ_HIGH &&
+	       !s->closing) {
+		struct im_part *pt = a->fp;
+
+		progress = 1;
+		if (pt->type == IMP_TEXT) {
+			if (im_write(s, 0, pt->text, pt->len) < 0)
+				return 0;
+			a->fp = pt->next;
+			a->foff = 0;
+			/* "{n}\r\n" (not "{n+}" / "{n-}"): the server must ask first */
+			if (pt->len >= 3 && pt->text[pt->len - 3] == '}' &&
+			    a->fp != NULL && pt->text[pt->len - 4] != '+' &&
+			    pt->text[pt->len - 4] != '-')
+				a->wait_cont = 1;
+			continue;
+		}
+		if (a->foff >= spool_size(pt->spool)) {
+			a->fp = pt->next;
+			a->foff = 0;
+			continue;
+		}
+		ssize_t n = spool_pread(pt->spool, buf, sizeof(buf), a->foff);
+
+		if (n <= 0) {
+			im_close(s, "spool read failed");
+			return 0;
+		}
+		if (im_write(s, 0, buf, (size_t)n) < 0)
+			return 0;
+		a->foff += (uint64_t)n;
+	}
+	if (a->fp == NULL) {
+		/* all of it is upstream: its tagged answer goes to the client */
+		im_append_end(s);
+		progress = 1;
+	}
+	return progress;
+}
+
+/* Every message of the upload was scanned: refuse it or send it on. */
+static void im_append_decide(struct imap_session *s)
+{
+	struct im_append *a = s->app;
+	char line[IM_TAG_MAX + 512];
+
+	if (a->refused) {
+		/* RFC 3501 section 6.3.11: NO, and nothing was appended */
+		snprintf(line, sizeof(line), "%s NO [mailmoat] message refused: %s\r\n",
+		         a->tag, a->why);
+		im_local_line(s, line);
+		im_append_end(s);
+		return;
+	}
+	if (im_cmd_add(s, a->tag, strlen(a->tag), IMC_OTHER) == NULL)
+		return;
+	a->forwarding = 1;
+	a->fp = a->cap.parts;
+	a->foff = 0;
+}
+
+/* The scan of one uploaded message is back (loop thread). */
+static void im_append_job_done(struct session_base *sb, struct msgjob *job)
+{
+	struct imap_session *s = (struct imap_session *)sb;
+	struct im_append *a = s->app;
+	const struct scan_verdict *v = &job->verdict;
+	const char *what = v->result == SCAN_INFECTED ? v->signature : v->error;
+	char sig[SCAN_SIG_MAX + SCAN_ERR_MAX];
+
+	if (s->closing || a == NULL) {
+		msgjob_free(&job);
+		return;
+	}
+	log_escape(sig, sizeof(sig), what, strlen(what));
+	log_msg(
+	    LOG_LVL_INFO, s->base.sid,
+	    "imap append user=%s mailbox=\"%s\" size=%llu verdict=%s signature=\"%s\" "
+	    "action=%s id=%s scan_ms=%llu",
+	    s->user_log[0] ? s->user_log : "-", a->mailbox,
+	    (unsigned long long)spool_size(job->spool), scan_result_name(v->result), sig,
+	    v->result == SCAN_CLEAN      ? "deliver"
+	    : job->action == POLICY_PASS ? "pass"
+	                                 : "refuse",
+	    job->quar_id[0] ? job->quar_id : "-", (unsigned long long)v->scan_ms);
+	if (v->result != SCAN_CLEAN && job->action != POLICY_PASS && !a->refused) {
+		a->refused = 1;
+		if (v->result == SCAN_INFECTED)
+			snprintf(a->why, sizeof(a->why), "virus %.200s found%s%s", sig,
+			         job->quar_id[0] ? ", quarantined as " : "",
+			         job->quar_id);
+		else
+			snprintf(a->why, sizeof(a->why),
+			         "it could not be scanned (%.200s)", sig);
+	}
+	msgjob_free(&job);
+	if (a->scans > 0 && --a->scans == 0)
+		im_append_decide(s);
+	im_run(s);
+}
+
+/* The whole APPEND command is in: scan each message. */
+static void im_append_complete(struct imap_session *s)
+{
+	struct im_append *a = s->app;
+
+	s->hold = IMH_APPEND;
+	s->cline_app = 0;
+	for (struct im_part *pt = a->cap.parts; pt != NULL; pt = pt->next) {
+		struct msgjob *job;
+
+		if (pt->type != IMP_LITERAL)
+			continue;
+		if (spool_overflowed(pt->spool)) {
+			a->refused = 1;
+			snprintf(a->why, sizeof(a->why),
+			         "larger than spool.max_message_size");
+			continue;
+		}
+		job = msgjob_new(s->base.srv, &s->base, pt->spool, im_append_job_done);
+		if (job == NULL) {
+			a->refused = 1;
+			snprintf(a->why, sizeof(a->why), "out of memory");
+			continue;
+		}
+		snprintf(job->protocol, sizeof(job->protocol), "imap");
+		snprintf(job->user, sizeof(job->user), "%s", s->user);
+		snprintf(job->upstream, sizeof(job->upstream), "%s", s->c.upstream_name);
+		snprintf(job->message, sizeof(job->message), "append mailbox=%.100s",
+		         a->mailbox);
+		job->pad_to = 0;
+		if (msgjob_submit(job) < 0) {
+			msgjob_free(&job);
+			a->refused = 1;
+			snprintf(a->why, sizeof(a->why), "it could not be scanned");
+			continue;
+		}
+		a->scans++;
+	}
+	if (a->scans == 0)
+		im_append_decide(s);
+}
+
+/* One segmenter event of an APPEND command being taken from the client. */
+static void im_append_event(struct imap_session *s, const struct imap_event *ev)
+{
+	struct im_append *a = s->app;
+	const struct config *cfg = im_cfg(s);
+	struct im_part *pt;
+
+	if (ev->type == IMAP_EV_LITERAL_DATA) {
+		int r = spool_append(a->cap.lit->spool, ev->data, ev->len);
+
+		if (r < 0 && r != -EFBIG)
+			im_close(s, "spool write failed");
+		return;
+	}
+	if (ev->type == IMAP_EV_LITERAL_END) {
+		spool_freeze(a->cap.lit->spool);
+		return;
+	}
+	if (im_capture_text(&a->cap, ev->data, ev->len) < 0) {
+		im_close(s, "APPEND command too long");
+		return;
+	}
+	if (ev->end == IMAP_SEG_LITERAL) {
+		pt = im_part_add(&a->cap, IMP_LITERAL);
+		if (pt == NULL || (pt->spool = spool_new(
+		                       (size_t)cfg->spool_memory_limit, cfg->spool_dir,
+		                       cfg->spool_max_message_size)) == NULL) {
+			im_close(s, "out of memory");
+			return;
+		}
+		a->cap.lit = pt;
+		/* the proxy takes the message itself, so it answers the "+" */
+		if (!ev->nonsync)
+			im_local_line(s, "+ Ready for literal data\r\n");
+	} else if (ev->end == IMAP_SEG_CRLF) {
+		im_append_complete(s);
+	}
+}
+
+/* Starts taking an APPEND: its first segment. */
+static void im_append_start(struct imap_session *s, const struct imap_tok *tag,
+                            const struct imap_tok *box, const struct imap_event *ev)
+{
+	s->app = calloc(1, sizeof(*s->app));
+	if (s->app == NULL) {
+		im_close(s, "out of memory");
+		return;
+	}
+	snprintf(s->app->tag, sizeof(s->app->tag), "%.*s",
+	         (int)(tag->len < IM_TAG_MAX - 1 ? tag->len : IM_TAG_MAX - 1), tag->text);
+	im_tok_text(box, s->app->mailbox, sizeof(s->app->mailbox));
+	s->cline_app = 1;
+	im_append_event(s, ev);
+}
+
 /*
  * The first segment of a client command line. Returns 1 when the command
  * is held (the segment is kept, reading stops), 0 when it went upstream or
@@ -1707,6 +1993,15 @@ static int im_command(struct imap_session *s, const struct imap_event *ev)
 		         (int)(tl < IM_TAG_MAX ? tl : IM_TAG_MAX), tag.text, word);
 		im_local_line(s, line);
 		s->cline_drop = ev->end != IMAP_SEG_CRLF;
+		return 0;
+	}
+	if (strcasecmp(word, "APPEND") == 0 && !uid && ev->end == IMAP_SEG_LITERAL) {
+		struct imap_tok box;
+		size_t bpos = pos;
+
+		/* uploads are scanned before they reach the server */
+		imap_tok_next(ev->data, ev->len, &bpos, &box);
+		im_append_start(s, &tag, &box, ev);
 		return 0;
 	}
 	if (strcasecmp(word, "FETCH") == 0 && ev->end == IMAP_SEG_CRLF)
@@ -1793,6 +2088,14 @@ static int im_client_input(struct imap_session *s)
 		}
 		if (r == IMAP_NEED_MORE)
 			break;
+		if (s->cline_app && !ev.first) {
+			im_append_event(s, &ev);
+			continue;
+		}
+		if (s->cline_app && ev.type != IMAP_EV_SEGMENT) {
+			im_append_event(s, &ev);
+			continue;
+		}
 		if (ev.type == IMAP_EV_LITERAL_DATA) {
 			if (!s->cline_drop)
 				im_write(s, 0, ev.data, ev.len);
@@ -1804,6 +2107,8 @@ static int im_client_input(struct imap_session *s)
 		    s->idle == NULL) {
 			if (im_command(s, &ev))
 				break;
+			if (s->cline_app || s->hold != IMH_NONE)
+				continue; /* taken by an APPEND */
 		} else if (ev.first && s->sasl != NULL) {
 			/* RFC 3501 section 6.2.2: a SASL response line; never logged */
 			if (s->user[0] == '\0')
@@ -1834,6 +2139,7 @@ static void im_run(struct imap_session *s)
 		while (!s->closing) {
 			int p = im_upstream_input(s);
 
+			p |= im_append_pump(s);
 			p |= im_flush(s);
 			p |= im_client_input(s);
 			if (!p)

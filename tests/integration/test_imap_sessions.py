@@ -60,11 +60,15 @@ class Capabilities(ImapCase):
         self.assertIn("STARTTLS", direct["greeting"])
         for k in ("greeting", "before", "login", "after"):
             self.assertIsNotNone(got[k], "%s: no capability list through the proxy" % k)
+            # CATENATE (RFC 4469) uploads parts by URL, which the proxy could
+            # not scan before they land: it is not advertised either.
             for cap in got[k]:
-                self.assertFalse(cap.upper() == "STARTTLS" or cap.upper().startswith("COMPRESS="),
+                self.assertFalse(cap.upper() in ("STARTTLS", "CATENATE") or
+                                 cap.upper().startswith("COMPRESS="),
                                  "%s lists %s through the proxy" % (k, cap))
             # Everything else is Dovecot's, in Dovecot's order.
-            want = [c for c in direct[k] if c.upper() != "STARTTLS" and not c.upper().startswith("COMPRESS=")]
+            want = [c for c in direct[k] if c.upper() not in ("STARTTLS", "CATENATE")
+                    and not c.upper().startswith("COMPRESS=")]
             self.assertEqual(got[k], want, k)
 
     def test_compress_refused_session_goes_on(self):
