@@ -1033,6 +1033,165 @@ static int im_scan(struct imap_session *s, struct im_capture *cp, uint32_t uid)
 	return 0;
 }
 
+/*
+ * The facts of a notice a FETCH may ask about: its size, and the size and
+ * line count of its text (its one text/plain part).
+ */
+static void im_notice_facts(struct spool *notice, uint64_t *size_r, uint64_t *text_r,
+                            uint64_t *lines_r)
+{
+	static char buf[IM_CHUNK];
+	uint64_t size = spool_size(notice), off = 0, hlen = 0, lines = 0;
+	int at_body = 0, nl = 0;
+
+	/* find the blank line, count the text's lines (bounded work) */
+	while (off < size && off < (8u << 20)) {
+		ssize_t n = spool_pread(notice, buf, sizeof(buf), off);
+
+		if (n <= 0)
+			break;
+		for (ssize_t i = 0; i < n; i++) {
+			if (buf[i] != '\n') {
+				if (buf[i] != '\r')
+					nl = 0;
+				continue;
+			}
+			if (at_body)
+				lines++;
+			else if (++nl == 2) {
+				at_body = 1;
+				hlen = off + (uint64_t)i + 1;
+			}
+		}
+		off += (uint64_t)n;
+	}
+	if (off < size) /* a huge padded notice: padding lines are 78 octets */
+		lines += (size - off) / 78;
+	*size_r = size;
+	*text_r = size - hlen;
+	*lines_r = lines;
+}
+
+/* Appends to a growing buffer (out of memory: *oom set). */
+static void im_buf_put(char **b, size_t *len, size_t *cap, const char *d, size_t n,
+                       int *oom)
+{
+	if (*oom)
+		return;
+	if (*len + n > *cap) {
+		size_t nc = (*cap + n) * 2;
+		char *nb = realloc(*b, nc);
+
+		if (nb == NULL) {
+			*oom = 1;
+			return;
+		}
+		*b = nb;
+		*cap = nc;
+	}
+	memcpy(*b + *len, d, n);
+	*len += n;
+}
+
+/*
+ * For a quarantined message, what describes it describes the notice, in
+ * every session: RFC822.SIZE, BINARY.SIZE and BODY / BODYSTRUCTURE in the
+ * response's first text part (where servers put them) are rewritten.
+ * Values that run past a literal are left as they are.
+ */
+static void im_describe_notice(struct im_capture *cp, struct spool *notice)
+{
+	struct im_part *pt = cp->parts;
+	uint64_t size, text, lines;
+	size_t pos = 0, copied = 0, olen = 0, ocap = 0;
+	char *out = NULL, tmp[512];
+	int depth = 0, oom = 0, changed = 0;
+	struct imap_tok t;
+
+	if (pt == NULL || pt->type != IMP_TEXT)
+		return;
+	im_notice_facts(notice, &size, &text, &lines);
+	while (imap_tok_next(pt->text, pt->len, &pos, &t) != IMAP_TOK_END &&
+	       t.type != IMAP_TOK_ERROR) {
+		size_t vstart, vend;
+		struct imap_tok v;
+		int n;
+
+		if (t.type == IMAP_TOK_LPAREN) {
+			depth++;
+			continue;
+		}
+		if (t.type == IMAP_TOK_RPAREN) {
+			depth--;
+			continue;
+		}
+		if (depth != 1 || t.type != IMAP_TOK_ATOM)
+			continue;
+		if (imap_tok_is(&t, "RFC822.SIZE") ||
+		    (t.len >= 12 && strncasecmp(t.text, "BINARY.SIZE[", 12) == 0)) {
+			if (imap_tok_next(pt->text, pt->len, &pos, &v) != IMAP_TOK_NUMBER)
+				break;
+			vstart = (size_t)(v.text - pt->text);
+			vend = vstart + v.len;
+			n = snprintf(tmp, sizeof(tmp), "%llu",
+			             (unsigned long long)(t.text[0] == 'R' ||
+			                                          t.text[0] == 'r' ||
+			                                          t.len == 13
+			                                      ? size
+			                                      : text));
+		} else if (imap_tok_is(&t, "BODYSTRUCTURE") || imap_tok_is(&t, "BODY")) {
+			int d = 0;
+
+			if (imap_tok_next(pt->text, pt->len, &pos, &v) != IMAP_TOK_LPAREN)
+				break;
+			vstart = (size_t)(v.text - pt->text);
+			d = 1;
+			while (d > 0) {
+				enum imap_tok_type ty =
+				    imap_tok_next(pt->text, pt->len, &pos, &v);
+
+				if (ty == IMAP_TOK_END || ty == IMAP_TOK_ERROR ||
+				    ty == IMAP_TOK_LITERAL)
+					break;
+				d += ty == IMAP_TOK_LPAREN   ? 1
+				     : ty == IMAP_TOK_RPAREN ? -1
+				                             : 0;
+			}
+			if (d > 0)
+				break; /* the structure goes on past a literal: left alone
+				        */
+			vend = pos;
+			/* RFC 3501 section 7.4.2: one text/plain part, quoted-printable
+			 */
+			n = snprintf(
+			    tmp, sizeof(tmp),
+			    "(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"utf-8\") NIL NIL "
+			    "\"QUOTED-PRINTABLE\" %llu %llu%s)",
+			    (unsigned long long)text, (unsigned long long)lines,
+			    imap_tok_is(&t, "BODYSTRUCTURE") ? " NIL NIL NIL NIL" : "");
+		} else {
+			continue;
+		}
+		im_buf_put(&out, &olen, &ocap, pt->text + copied, vstart - copied, &oom);
+		im_buf_put(&out, &olen, &ocap, tmp, (size_t)n, &oom);
+		copied = vend;
+		changed = 1;
+	}
+	if (!changed || oom) {
+		free(out);
+		return;
+	}
+	im_buf_put(&out, &olen, &ocap, pt->text + copied, pt->len - copied, &oom);
+	if (oom) {
+		free(out);
+		return;
+	}
+	cp->text_bytes += olen - pt->len;
+	free(pt->text);
+	pt->text = out;
+	pt->len = olen;
+}
+
 /* A capture's message has a final verdict (from the cache). */
 static void im_fetch_resolved(struct imap_session *s, struct im_capture *cp,
                               const struct vcache_entry *e)
@@ -1059,9 +1218,11 @@ static void im_fetch_complete(struct imap_session *s, struct im_capture *cp)
 	if (cp->walk.have_uid && cp->walk.seq != 0)
 		im_seqmap_set(s, cp->walk.seq, cp->walk.uid);
 	cp->state = IMS_READY;
+	e = uid != 0 ? im_cached(s, uid) : NULL;
+	if (e != NULL && e->notice != NULL)
+		im_describe_notice(cp, e->notice);
 	if (cp->n_content == 0 && cp->n_header == 0 && !cp->walk.inline_content)
 		return;
-	e = uid != 0 ? im_cached(s, uid) : NULL;
 	if (e != NULL && (e->result == SCAN_CLEAN || e->notice != NULL)) {
 		im_fetch_resolved(s, cp, e);
 	} else if (cp->whole != NULL) {
