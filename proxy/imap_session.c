@@ -200,6 +200,8 @@ struct imap_session {
 	int cline_relay; /* in a client line being relayed (after its first segment) */
 	int cline_drop;  /* in a client line answered locally: drop the rest */
 	int client_dead; /* the client broke the protocol: read nothing more */
+	int login_lit;   /* the next client literal is LOGIN's user name */
+	size_t login_len;
 	enum im_hold hold;
 	char *held; /* the held command's first segment */
 	size_t held_len;
@@ -480,7 +482,11 @@ static void im_seqmap_clear(struct imap_session *s)
 /* The cache key of a message of the selected mailbox; 0 when there is none. */
 static int im_key(struct imap_session *s, uint32_t uid, struct vcache_key *k)
 {
-	if (!s->selected || s->uidvalidity == 0 || uid == 0)
+	/*
+	 * Security: without a known user name two accounts could share keys
+	 * (and one be served the other's notice): no cache then.
+	 */
+	if (!s->selected || s->uidvalidity == 0 || uid == 0 || s->user[0] == '\0')
 		return 0;
 	k->upstream = s->c.upstream_name;
 	k->user = s->user;
@@ -2203,6 +2209,10 @@ static int im_command(struct imap_session *s, const struct imap_event *ev)
 
 		im_tok_text(&a1, u, sizeof(u));
 		im_set_user(s, u, strlen(u));
+	} else if (kind == IMC_LOGIN && a1.type == IMAP_TOK_LITERAL) {
+		/* LOGIN {5}: the user name is the literal that follows */
+		s->user[0] = s->user_log[0] = '\0';
+		s->login_lit = 1;
 	} else if (kind == IMC_AUTH) {
 		struct imap_tok ir;
 
@@ -2258,8 +2268,22 @@ static int im_client_input(struct imap_session *s)
 			continue;
 		}
 		if (ev.type == IMAP_EV_LITERAL_DATA) {
+			if (s->login_lit && s->login_len + ev.len < sizeof(s->user)) {
+				memcpy(s->user + s->login_len, ev.data, ev.len);
+				s->login_len += ev.len;
+			}
 			if (!s->cline_drop)
 				im_write(s, 0, ev.data, ev.len);
+			continue;
+		}
+		if (ev.type == IMAP_EV_LITERAL_END && s->login_lit) {
+			/* only the name: the password literal that may follow is not kept
+			 */
+			s->login_lit = 0;
+			s->user[s->login_len] = '\0';
+			log_escape_token(s->user_log, sizeof(s->user_log), s->user,
+			                 s->login_len);
+			s->login_len = 0;
 			continue;
 		}
 		if (ev.type != IMAP_EV_SEGMENT)
