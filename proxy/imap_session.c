@@ -1592,9 +1592,21 @@ static int im_capture_event(struct imap_session *s, const struct imap_event *ev)
 	}
 }
 
+/* Whole messages held in the FIFO (each up to spool.memory_limit in memory). */
+static unsigned im_fifo_messages(struct imap_session *s)
+{
+	unsigned n = 0;
+
+	for (struct im_capture *cp = s->fifo; cp != NULL; cp = cp->next)
+		n += cp->whole != NULL;
+	return n;
+}
+
 /*
  * Parses what the upstream sent. Returns 1 on progress. Pauses while the
- * FIFO is full or the client's write queue is high.
+ * FIFO is full, holds more whole messages than limits.readahead allows
+ * (a mailbox sync streams message by message in bounded memory), or the
+ * client's write queue is high.
  */
 static int im_upstream_input(struct imap_session *s)
 {
@@ -1606,7 +1618,8 @@ static int im_upstream_input(struct imap_session *s)
 		size_t used = 0;
 		int r;
 
-		if (s->nfifo >= IM_FIFO_MAX + 1 || s->c.client.wq >= IM_WQ_HIGH)
+		if (s->nfifo >= IM_FIFO_MAX + 1 || s->c.client.wq >= IM_WQ_HIGH ||
+		    im_fifo_messages(s) > im_cfg(s)->readahead)
 			break;
 		r = imap_seg_feed(&s->useg, s->uin + pos, s->c.upstream.len - pos, &used,
 		                  &ev);
