@@ -510,10 +510,18 @@ static const struct vcache_entry *im_cached(struct imap_session *s, uint32_t uid
 /* True for a capability the proxy cannot mediate (it would lose the stream). */
 static int im_cap_blocked(const char *w, size_t len)
 {
-	/* CATENATE (RFC 4469) uploads parts by URL: nothing to scan before it lands */
+	/*
+	 * CATENATE (RFC 4469) uploads parts by URL: nothing to scan before it
+	 * lands; URLAUTH (RFC 4467) hands out content by URLFETCH, PREVIEW and
+	 * SNIPPET (RFC 8970) as a quoted extract: neither passes through a
+	 * FETCH literal the proxy can scan first.
+	 */
 	return (len >= 9 && strncasecmp(w, "COMPRESS=", 9) == 0) ||
 	       (len == 8 && strncasecmp(w, "STARTTLS", 8) == 0) ||
-	       (len == 8 && strncasecmp(w, "CATENATE", 8) == 0);
+	       (len == 8 && strncasecmp(w, "CATENATE", 8) == 0) ||
+	       (len >= 7 && strncasecmp(w, "URLAUTH", 7) == 0) ||
+	       (len >= 7 && strncasecmp(w, "PREVIEW", 7) == 0) ||
+	       (len >= 8 && strncasecmp(w, "SNIPPET=", 8) == 0);
 }
 
 /*
@@ -2165,7 +2173,8 @@ static int im_command(struct imap_session *s, const struct imap_event *ev)
 	}
 	im_tok_text(&cmd, word, sizeof(word));
 
-	if (strcasecmp(word, "COMPRESS") == 0 || strcasecmp(word, "STARTTLS") == 0) {
+	if (strcasecmp(word, "COMPRESS") == 0 || strcasecmp(word, "STARTTLS") == 0 ||
+	    strcasecmp(word, "URLFETCH") == 0) {
 		char line[IM_TAG_MAX + 96];
 
 		snprintf(line, sizeof(line),
