@@ -25,12 +25,12 @@ const char *cfg_protocol_name(enum cfg_protocol p);
 const char *policy_action_name(enum policy_action a);
 
 struct cfg_listener {
-	enum cfg_protocol protocol;           /* protocol: pop3 | imap */
-	char listen_host[CFG_HOST_MAX];       /* listen: HOST:PORT ([v6]:PORT) */
+	enum cfg_protocol protocol;     /* protocol: pop3 | imap */
+	char listen_host[CFG_HOST_MAX]; /* listen: HOST:PORT ([v6]:PORT) */
 	uint16_t listen_port;
-	char upstream_host[CFG_HOST_MAX];     /* upstream: HOST:PORT */
+	char upstream_host[CFG_HOST_MAX]; /* upstream: HOST:PORT */
 	uint16_t upstream_port;
-	int line;                             /* where it was defined, for messages */
+	int line; /* where it was defined, for messages */
 };
 
 struct config {
@@ -38,43 +38,51 @@ struct config {
 	unsigned n_listeners;
 
 	/* scanner.clamav */
-	char clamav_database[CFG_PATH_MAX];   /* database: directory (default /var/lib/clamav) */
-	uint64_t clamav_max_filesize;         /* max_filesize (default 100M) */
-	uint64_t clamav_max_scansize;         /* max_scansize (default 400M) */
-	unsigned clamav_max_recursion;        /* max_recursion (default 17) */
-	unsigned clamav_max_files;            /* max_files (default 10000) */
-	unsigned clamav_max_scantime_ms;      /* max_scantime, seconds in YAML (default 120 s) */
-	uint64_t clamav_mime_split_above;      /* mime_split_above: larger messages are scanned part by part (default 8M, 0 = never) */
+	char clamav_database[CFG_PATH_MAX]; /* database: directory (default
+	                                       /var/lib/clamav) */
+	uint64_t clamav_max_filesize;       /* max_filesize (default 100M) */
+	uint64_t clamav_max_scansize;       /* max_scansize (default 400M) */
+	unsigned clamav_max_recursion;      /* max_recursion (default 17) */
+	unsigned clamav_max_files;          /* max_files (default 10000) */
+	unsigned
+	    clamav_max_scantime_ms; /* max_scantime, seconds in YAML (default 120 s) */
+	uint64_t clamav_mime_split_above; /* mime_split_above: larger messages are scanned
+	                                     part by part (default 8M, 0 = never) */
 
 	/* quarantine */
-	char quarantine_dir[CFG_PATH_MAX];    /* dir (default /var/lib/mailmoat/quarantine) */
+	char
+	    quarantine_dir[CFG_PATH_MAX]; /* dir (default /var/lib/mailmoat/quarantine) */
 
 	/* policy */
-	enum policy_action on_malicious;      /* default quarantine */
-	enum policy_action on_scan_error;     /* default quarantine */
+	enum policy_action on_malicious;  /* default quarantine */
+	enum policy_action on_scan_error; /* default quarantine */
 
 	/* notice */
-	char admin_contact[CFG_TEXT_MAX];     /* admin_contact (default "your mail administrator") */
+	char admin_contact[CFG_TEXT_MAX]; /* admin_contact (default "your mail
+	                                     administrator") */
 
 	/* spool */
-	uint64_t spool_memory_limit;          /* memory_limit (default 4M; 0..1G, 0 = always a file) */
-	uint64_t spool_max_message_size;      /* max_message_size (default 512M) */
-	char spool_dir[CFG_PATH_MAX];         /* dir (default $TMPDIR or /tmp) */
+	uint64_t
+	    spool_memory_limit; /* memory_limit (default 4M; 0..1G, 0 = always a file) */
+	uint64_t spool_max_message_size; /* max_message_size (default 512M) */
+	char spool_dir[CFG_PATH_MAX];    /* dir (default $TMPDIR or /tmp) */
 
 	/* timeouts, seconds */
-	unsigned timeout_client_idle;         /* client_idle (default 600) */
-	unsigned timeout_upstream_idle;       /* upstream_idle (default 600) */
-	unsigned timeout_connect;             /* connect (default 15) */
-	unsigned timeout_shutdown_grace;      /* shutdown_grace (default 10) */
-	unsigned timeout_keepalive;           /* keepalive: progress notes to a waiting client (default 10; 0 = none) */
+	unsigned timeout_client_idle;    /* client_idle (default 600) */
+	unsigned timeout_upstream_idle;  /* upstream_idle (default 600) */
+	unsigned timeout_connect;        /* connect (default 15) */
+	unsigned timeout_shutdown_grace; /* shutdown_grace (default 10) */
+	unsigned timeout_keepalive;      /* keepalive: progress notes to a waiting client
+	                                    (default 10; 0 = none) */
 
 	/* limits */
-	unsigned max_sessions;                /* limits.max_sessions (default 500) */
-	unsigned readahead;                   /* limits.readahead: captured messages held at once (default 2) */
+	unsigned max_sessions; /* limits.max_sessions (default 500) */
+	unsigned
+	    readahead; /* limits.readahead: captured messages held at once (default 2) */
 
 	/* process */
-	char run_as[CFG_HOST_MAX];            /* user: drop privileges to it after binding */
-	char log_level[16];                   /* log_level: error|warn|info|debug (default info) */
+	char run_as[CFG_HOST_MAX]; /* user: drop privileges to it after binding */
+	char log_level[16];        /* log_level: error|warn|info|debug (default info) */
 };
 
 /*

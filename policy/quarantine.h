@@ -28,7 +28,7 @@ struct quar_meta {
 	const char *from;      /* decoded From, UTF-8, may be NULL */
 	const char *subject;   /* decoded Subject, UTF-8, may be NULL */
 	const char *session;   /* session id, for cross-reference with the log */
-	const char *message;   /* protocol reference, e.g. "msg=3 uidl=abc", may be NULL */
+	const char *message; /* protocol reference, e.g. "msg=3 uidl=abc", may be NULL */
 };
 
 /*
@@ -47,6 +47,6 @@ int quar_prepare(const char *dir);
  * the final names.
  */
 int quar_store(const char *dir, const struct quar_meta *m, const struct spool *sp,
-	       char id_r[QUAR_ID_MAX], char *err, size_t errlen);
+               char id_r[QUAR_ID_MAX], char *err, size_t errlen);
 
 #endif

@@ -78,6 +78,18 @@ void conn_pair_init(struct conn_pair *p, uv_loop_t *loop, const struct conn_ops 
 	uv_timer_start(&p->timer, conn_on_tick, 1000, 1000);
 }
 
+void conn_refuse(uv_stream_t *listener)
+{
+	uv_tcp_t *tmp = malloc(sizeof(*tmp));
+
+	if (tmp == NULL)
+		return;
+	uv_tcp_init(listener->loop, tmp);
+	if (uv_accept(listener, (uv_stream_t *)tmp) == 0)
+		log_msg(LOG_LVL_ERROR, NULL, "out of memory: connection refused");
+	uv_close((uv_handle_t *)tmp, (uv_close_cb)free);
+}
+
 int conn_pair_accept(struct conn_pair *p, uv_stream_t *listener)
 {
 	struct sockaddr_storage ss;

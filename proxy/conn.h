@@ -80,6 +80,13 @@ void conn_pair_init(struct conn_pair *p, uv_loop_t *loop, const struct conn_ops 
                     const char *sid, const char *proto, char *cbuf, size_t ccap,
                     char *ubuf, size_t ucap);
 
+/*
+ * Accepts the connection waiting on listener and closes it at once: for
+ * when no session can be made (out of memory). libuv needs the pending
+ * connection taken before it polls the listener again.
+ */
+void conn_refuse(uv_stream_t *listener);
+
 /* Accepts the connection waiting on listener as the client leg. Returns 0 or < 0. */
 int conn_pair_accept(struct conn_pair *p, uv_stream_t *listener);
 

@@ -20,17 +20,17 @@
 
 /* What one fetch attribute returns. */
 enum imap_item_kind {
-	IMAP_ITEM_OTHER,        /* FLAGS, UID, INTERNALDATE, MODSEQ, ENVELOPE, X-... */
-	IMAP_ITEM_SIZE,         /* RFC822.SIZE, BINARY.SIZE[...] */
-	IMAP_ITEM_STRUCTURE,    /* BODY, BODYSTRUCTURE (no section) */
-	IMAP_ITEM_HEADER,       /* header only: BODY[HEADER], BODY[HEADER.FIELDS (...)],
-	                           BODY[HEADER.FIELDS.NOT (...)], RFC822.HEADER, with or without a
-	                           partial; of the top-level message only: BODY[1.HEADER...] (the
-	                           header of a nested message) is CONTENT */
-	IMAP_ITEM_WHOLE,        /* the whole message, no partial: BODY[], BODY.PEEK[], RFC822,
-	                           BINARY[], BINARY.PEEK[] */
-	IMAP_ITEM_CONTENT,      /* any other content: BODY[1], BODY[TEXT], BODY[2.MIME],
-	                           RFC822.TEXT, BINARY[1], any <partial> (also of BODY[]) */
+	IMAP_ITEM_OTHER,     /* FLAGS, UID, INTERNALDATE, MODSEQ, ENVELOPE, X-... */
+	IMAP_ITEM_SIZE,      /* RFC822.SIZE, BINARY.SIZE[...] */
+	IMAP_ITEM_STRUCTURE, /* BODY, BODYSTRUCTURE (no section) */
+	IMAP_ITEM_HEADER,    /* header only: BODY[HEADER], BODY[HEADER.FIELDS (...)],
+	                        BODY[HEADER.FIELDS.NOT (...)], RFC822.HEADER, with or without
+	                        a    partial; of the top-level message only: BODY[1.HEADER...]
+	                        (the    header of a nested message) is CONTENT */
+	IMAP_ITEM_WHOLE,   /* the whole message, no partial: BODY[], BODY.PEEK[], RFC822,
+	                      BINARY[], BINARY.PEEK[] */
+	IMAP_ITEM_CONTENT, /* any other content: BODY[1], BODY[TEXT], BODY[2.MIME],
+	                      RFC822.TEXT, BINARY[1], any <partial> (also of BODY[]) */
 	IMAP_ITEM_KIND_COUNT
 };
 
@@ -41,7 +41,7 @@ struct imap_item {
 	int binary;          /* BINARY[...] / BINARY.SIZE[...] */
 	const char *section; /* the text between [ and ] (may be empty), or NULL */
 	size_t section_len;
-	int has_partial;     /* <origin[.length]> present */
+	int has_partial; /* <origin[.length]> present */
 	uint64_t partial_origin;
 	uint64_t partial_len; /* in a command: the requested length (0 if none given);
 	                         in a response only the origin appears: BODY[]<0> */
@@ -65,17 +65,17 @@ int imap_item_parse(const char *text, size_t len, struct imap_item *it);
 
 /* A parsed client FETCH / UID FETCH command. */
 struct imap_fetch_cmd {
-	int uid;                  /* UID FETCH */
-	const char *set;          /* the sequence set text */
+	int uid;         /* UID FETCH */
+	const char *set; /* the sequence set text */
 	size_t set_len;
 	unsigned n_items;
 	struct imap_item items[IMAP_FETCH_ITEMS_MAX];
-	int any_whole;            /* some item is IMAP_ITEM_WHOLE */
-	int any_content;          /* some item is IMAP_ITEM_CONTENT */
-	int any_header;           /* some item is IMAP_ITEM_HEADER */
-	int any_describes;        /* some item is IMAP_ITEM_SIZE or _STRUCTURE */
-	int changedsince;         /* (CHANGEDSINCE n) modifier present */
-	int vanished;             /* (VANISHED) modifier present */
+	int any_whole;     /* some item is IMAP_ITEM_WHOLE */
+	int any_content;   /* some item is IMAP_ITEM_CONTENT */
+	int any_header;    /* some item is IMAP_ITEM_HEADER */
+	int any_describes; /* some item is IMAP_ITEM_SIZE or _STRUCTURE */
+	int changedsince;  /* (CHANGEDSINCE n) modifier present */
+	int vanished;      /* (VANISHED) modifier present */
 };
 
 /*
@@ -92,7 +92,7 @@ struct imap_fetch_cmd {
  * other modifiers are malformed.
  */
 int imap_fetch_cmd_parse(int uid, const char *args, size_t args_len,
-			 struct imap_fetch_cmd *cmd);
+                         struct imap_fetch_cmd *cmd);
 
 /* ---------------- sequence sets (RFC 3501 section 9, sequence-set) ---------------- */
 
@@ -106,7 +106,7 @@ int imap_fetch_cmd_parse(int uid, const char *args, size_t args_len,
  */
 typedef int (*imap_range_cb)(uint32_t lo, uint32_t hi, void *ctx);
 int imap_seqset_foreach(const char *set, size_t len, uint32_t star, imap_range_cb cb,
-			void *ctx);
+                        void *ctx);
 
 /* True when n is in the set (with star as above); malformed sets contain nothing. */
 int imap_seqset_contains(const char *set, size_t len, uint32_t star, uint32_t n);
@@ -165,6 +165,6 @@ void imap_fetch_walk_init(struct imap_fetch_walk *w);
  * STRUCTURE attribute, and a segment fed after the line ended.
  */
 int imap_fetch_walk_segment(struct imap_fetch_walk *w, const char *seg, size_t len,
-			    struct imap_item *lit_item_r);
+                            struct imap_item *lit_item_r);
 
 #endif

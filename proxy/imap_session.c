@@ -2467,15 +2467,7 @@ int imap_session_accept(struct server *srv, const struct cfg_listener *lcfg,
 	int r;
 
 	if (s == NULL) {
-		uv_tcp_t *tmp = malloc(sizeof(*tmp));
-		/* libuv needs the pending connection taken: accept and drop it */
-		if (tmp != NULL) {
-			uv_tcp_init(listener->loop, tmp);
-			if (uv_accept(listener, (uv_stream_t *)tmp) == 0)
-				log_msg(LOG_LVL_ERROR, NULL,
-				        "out of memory: connection refused");
-			uv_close((uv_handle_t *)tmp, (uv_close_cb)free);
-		}
+		conn_refuse(listener);
 		return -1;
 	}
 	s->base.lcfg = lcfg;

@@ -15,6 +15,6 @@ struct server;
  * relaying. Returns 0, or -1 when the session could not be created.
  */
 int imap_session_accept(struct server *srv, const struct cfg_listener *lcfg,
-			uv_stream_t *listener);
+                        uv_stream_t *listener);
 
 #endif

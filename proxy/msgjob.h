@@ -29,7 +29,7 @@ struct msgjob {
 	uv_work_t req;
 	struct server *srv;
 	uint64_t session_id;
-	uint64_t tag; /* the session's own cookie, e.g. its slot number */
+	uint64_t tag;  /* the session's own cookie, e.g. its slot number */
 	uint64_t tag2; /* a second cookie of the session's */
 	msgjob_done_cb done;
 

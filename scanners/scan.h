@@ -24,17 +24,17 @@ const char *scan_result_name(enum scan_result r);
 struct scan_verdict {
 	enum scan_result result;
 	char signature[SCAN_SIG_MAX]; /* INFECTED: the signature name */
-	char error[SCAN_ERR_MAX];     /* ERROR: what went wrong (a limit, a time-out...) */
-	uint64_t scan_ms;             /* wall time of the scan */
-	unsigned db_version;          /* signature database version of the engine */
+	char error[SCAN_ERR_MAX]; /* ERROR: what went wrong (a limit, a time-out...) */
+	uint64_t scan_ms;         /* wall time of the scan */
+	unsigned db_version;      /* signature database version of the engine */
 };
 
 /* ClamAV's own limits; 0 keeps libclamav's default for that limit. */
 struct scan_limits {
-	uint64_t max_filesize;   /* largest file (or embedded file) scanned */
-	uint64_t max_scansize;   /* most data scanned per message */
-	unsigned max_recursion;  /* archive / MIME nesting depth */
-	unsigned max_files;      /* files inside archives */
+	uint64_t max_filesize;  /* largest file (or embedded file) scanned */
+	uint64_t max_scansize;  /* most data scanned per message */
+	unsigned max_recursion; /* archive / MIME nesting depth */
+	unsigned max_files;     /* files inside archives */
 	unsigned max_scantime_ms;
 	/*
 	 * Messages larger than this are not given to libclamav's mail parser
@@ -59,7 +59,7 @@ int scan_global_init(void);
  * Blocking: at start-up, or on the thread pool.
  */
 int scan_engine_load(const char *dbdir, const struct scan_limits *lim,
-		     struct scan_engine **eng_r, char *err, size_t errlen);
+                     struct scan_engine **eng_r, char *err, size_t errlen);
 
 void scan_engine_ref(struct scan_engine *eng);
 /* Drops a reference, NULLs *engp; frees the engine on the last one. */
@@ -77,7 +77,7 @@ unsigned scan_engine_signatures(const struct scan_engine *eng);
  * SCAN_ERROR verdict, never a failure of the call. Thread-safe.
  */
 void scan_buffer(struct scan_engine *eng, const void *data, size_t len,
-		 struct scan_verdict *v);
+                 struct scan_verdict *v);
 void scan_fd(struct scan_engine *eng, int fd, struct scan_verdict *v);
 
 #endif
