@@ -1137,7 +1137,10 @@ def run_fetchmail(home, port, user, password, verbose=False, timeout=300, protoc
                                         outdir))
     os.chmod(rc, 0o600)
     env = dict(os.environ, FETCHMAILHOME=home, FETCHMAILUSER="root", LC_ALL="C")
-    args = [fetchmail, "-f", rc, "--nodetach"] + (["-v"] if verbose else [])
+    # its own lock file: root's default one is global, and two runs (two
+    # checkouts testing at once) would refuse each other
+    args = [fetchmail, "-f", rc, "--nodetach", "--pidfile", os.path.join(home, "fetchmail.pid")]
+    args += ["-v"] if verbose else []
     r = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, env=env, timeout=timeout)
     msgs = []
