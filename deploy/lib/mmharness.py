@@ -149,6 +149,186 @@ def make_traversable(path):
         path = parent
 
 
+# ------------------------------------------------------------ test PKI ----
+#
+# Certificates for the TLS tests, made with the openssl command-line tool
+# (EC P-256 keys: fast to make, fast to handshake). Everything is for the
+# loopback: names under test.example, IP SAN 127.0.0.1.
+
+TLS_UPSTREAM_NAME = "mail.test.example"       # the upstream Dovecot's certificate
+TLS_PROXY_NAME = "proxy.test.example"         # mailmoat's own listener certificate
+TLS_EXPIRED_NAME = "expired.test.example"     # a leaf of the test CA, expired in 2021
+TLS_UNKNOWN_NAME = "unknown.test.example"     # a leaf of another CA
+
+_PKI_CNF = """# mmharness test PKI
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = unused
+[v3_ca]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+[v3_intermediate]
+basicConstraints = critical,CA:TRUE,pathlen:0
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+[v3_leaf]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = serverAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+subjectAltName = $ENV::MMH_SAN
+[ca]
+default_ca = testca
+[testca]
+dir = $ENV::MMH_CADIR
+database = $dir/index.txt
+new_certs_dir = $dir/newcerts
+serial = $dir/serial
+default_md = sha256
+policy = anything
+unique_subject = no
+copy_extensions = none
+[anything]
+organizationName = optional
+commonName = supplied
+"""
+
+
+def openssl(*args, env=None, input=None):
+    """Runs the openssl command-line tool; raises RuntimeError with its
+    output when it fails. Returns its stdout (bytes)."""
+    e = dict(os.environ)
+    e.update(env or {})
+    r = subprocess.run(["openssl"] + [str(a) for a in args], input=input,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e)
+    if r.returncode != 0:
+        raise RuntimeError("openssl %s failed (%d): %s" % (
+            " ".join(str(a) for a in args[:2]), r.returncode, r.stderr.decode("utf-8", "replace")))
+    return r.stdout
+
+
+def _pki_key(path):
+    openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", path)
+    os.chmod(path, 0o600)
+
+
+def _pki_ca(d, name, cn, cnf, issuer=None):
+    """A CA certificate and key: self-signed (a root) or, with issuer (the
+    (cert, key) of a root), an intermediate."""
+    key = os.path.join(d, name + ".key")
+    cert = os.path.join(d, name + ".pem")
+    _pki_key(key)
+    if issuer is None:
+        openssl("req", "-config", cnf, "-new", "-x509", "-key", key, "-subj", "/O=mailmoat tests/CN=" + cn,
+                "-days", "3650", "-sha256", "-extensions", "v3_ca", "-set_serial", _serial(), "-out", cert,
+                env={"MMH_SAN": "DNS:unused", "MMH_CADIR": d})
+    else:
+        csr = os.path.join(d, name + ".csr")
+        openssl("req", "-config", cnf, "-new", "-key", key, "-subj", "/O=mailmoat tests/CN=" + cn,
+                "-out", csr, env={"MMH_SAN": "DNS:unused", "MMH_CADIR": d})
+        openssl("x509", "-req", "-in", csr, "-CA", issuer[0], "-CAkey", issuer[1], "-days", "3650",
+                "-sha256", "-set_serial", _serial(), "-extfile", cnf, "-extensions", "v3_intermediate",
+                "-out", cert, env={"MMH_SAN": "DNS:unused", "MMH_CADIR": d})
+    return cert, key
+
+
+def _serial():
+    return "0x" + os.urandom(12).hex()
+
+
+def _pki_leaf(d, name, dns, issuer, cnf, ip=HOST, expired=False):
+    """A server certificate for dns (and IP ip) signed by issuer (cert, key).
+    expired: valid from 2020-01-01 to 2021-01-01 (made with `openssl ca`,
+    the one 3.0 command that takes explicit dates)."""
+    key = os.path.join(d, name + ".key")
+    cert = os.path.join(d, name + ".pem")
+    csr = os.path.join(d, name + ".csr")
+    san = "DNS:%s" % dns + (",IP:%s" % ip if ip else "")
+    env = {"MMH_SAN": san, "MMH_CADIR": os.path.join(d, "cadb")}
+    _pki_key(key)
+    openssl("req", "-config", cnf, "-new", "-key", key, "-subj", "/O=mailmoat tests/CN=" + dns,
+            "-out", csr, env=env)
+    if not expired:
+        openssl("x509", "-req", "-in", csr, "-CA", issuer[0], "-CAkey", issuer[1], "-days", "3650",
+                "-sha256", "-set_serial", _serial(), "-extfile", cnf, "-extensions", "v3_leaf",
+                "-out", cert, env=env)
+    else:
+        db = env["MMH_CADIR"]
+        os.makedirs(os.path.join(db, "newcerts"), exist_ok=True)
+        open(os.path.join(db, "index.txt"), "a").close()
+        with open(os.path.join(db, "serial"), "w") as f:
+            f.write(os.urandom(8).hex().upper() + "\n")
+        openssl("ca", "-config", cnf, "-batch", "-notext", "-in", csr, "-cert", issuer[0],
+                "-keyfile", issuer[1], "-startdate", "20200101000000Z", "-enddate", "20210101000000Z",
+                "-extensions", "v3_leaf", "-out", cert, env=env)
+    return cert, key
+
+
+def make_test_pki(d):
+    """Makes the test PKI in directory d (created) and returns a dict of
+    file paths:
+
+      ca                the test root CA (what clients and the proxy trust)
+      other_ca          another root CA, trusted by no one
+      upstream_cert/key mail.test.example + IP 127.0.0.1, signed by ca
+      expired_cert/key  expired.test.example + IP 127.0.0.1, signed by ca,
+                        valid 2020-01-01 .. 2021-01-01
+      unknown_cert/key  unknown.test.example + IP 127.0.0.1, signed by other_ca
+      other_name_cert/key  mail.test.example + IP 127.0.0.1, signed by
+                        other_ca (same name, unknown issuer)
+      intermediate      an intermediate CA under ca
+      proxy_cert        proxy.test.example + IP 127.0.0.1, signed by the
+                        intermediate; proxy_fullchain is that leaf followed
+                        by the intermediate (what a listener serves)
+      proxy_key
+      names             {upstream, proxy, expired, unknown}
+    """
+    d = os.path.abspath(d)
+    os.makedirs(d, exist_ok=True)
+    cnf = os.path.join(d, "openssl.cnf")
+    with open(cnf, "w") as f:
+        f.write(_PKI_CNF)
+    ca = _pki_ca(d, "ca", "mailmoat test root CA", cnf)
+    other = _pki_ca(d, "other-ca", "mailmoat untrusted other CA", cnf)
+    inter = _pki_ca(d, "intermediate", "mailmoat test intermediate CA", cnf, issuer=ca)
+    up = _pki_leaf(d, "upstream", TLS_UPSTREAM_NAME, ca, cnf)
+    expired = _pki_leaf(d, "expired", TLS_EXPIRED_NAME, ca, cnf, expired=True)
+    unknown = _pki_leaf(d, "unknown", TLS_UNKNOWN_NAME, other, cnf)
+    other_name = _pki_leaf(d, "upstream-other-ca", TLS_UPSTREAM_NAME, other, cnf)
+    proxy = _pki_leaf(d, "proxy", TLS_PROXY_NAME, inter, cnf)
+    fullchain = os.path.join(d, "proxy-fullchain.pem")
+    with open(fullchain, "wb") as out:
+        for p in (proxy[0], inter[0]):
+            with open(p, "rb") as f:
+                out.write(f.read())
+    for fn in os.listdir(d):
+        if fn.endswith(".csr"):
+            os.unlink(os.path.join(d, fn))
+    return {"dir": d, "ca": ca[0], "ca_key": ca[1], "other_ca": other[0], "other_ca_key": other[1],
+            "intermediate": inter[0],
+            "upstream_cert": up[0], "upstream_key": up[1],
+            "expired_cert": expired[0], "expired_key": expired[1],
+            "unknown_cert": unknown[0], "unknown_key": unknown[1],
+            "other_name_cert": other_name[0], "other_name_key": other_name[1],
+            "proxy_cert": proxy[0], "proxy_fullchain": fullchain, "proxy_key": proxy[1],
+            "names": {"upstream": TLS_UPSTREAM_NAME, "proxy": TLS_PROXY_NAME,
+                      "expired": TLS_EXPIRED_NAME, "unknown": TLS_UNKNOWN_NAME}}
+
+
+def spki_pin(cert_path):
+    """"sha256//BASE64": the SHA-256 of the certificate's
+    SubjectPublicKeyInfo (DER), base64 (the upstream_pin format, as curl's
+    --pinnedpubkey and HPKP write it)."""
+    pub = openssl("x509", "-in", cert_path, "-noout", "-pubkey")
+    der = openssl("pkey", "-pubin", "-outform", "DER", input=pub)
+    return "sha256//" + base64.b64encode(hashlib.sha256(der).digest()).decode("ascii")
+
+
 # -------------------------------------------------------------- dovecot ----
 
 def mail_ids():
@@ -167,12 +347,29 @@ class Dovecot:
 
     users maps user name -> password. Add messages with add_message() before
     or after start() (Dovecot picks up new maildir files on the next login).
+
+    tls: ssl = yes, so that the plain listeners offer STLS/STARTTLS; the
+    certificate is ssl_cert/ssl_key, or a self-signed one for localhost.
+    implicit_tls (implies tls): also pop3s and imaps listeners (TLS from the
+    first byte) on free ports, self.pop3s_port and self.imaps_port.
+    sni_certs: {server name: (cert, key)}, served to clients that send
+    that name as SNI (Dovecot's local_name blocks).
     """
 
     def __init__(self, workdir, users, pop3_port=None, imap_port=None, tls=False,
-                 compress=False):
+                 compress=False, implicit_tls=False, ssl_cert=None, ssl_key=None,
+                 sni_certs=None, pop3s_port=None, imaps_port=None):
         self.workdir = os.path.abspath(workdir)
-        self.tls = tls
+        self.tls = tls or implicit_tls
+        self.implicit_tls = implicit_tls
+        self.ssl_cert = ssl_cert
+        self.ssl_key = ssl_key
+        self.sni_certs = dict(sni_certs or {})
+        self.pop3s_port = self.imaps_port = None
+        if implicit_tls:
+            ps, is_ = free_ports(2)
+            self.pop3s_port = pop3s_port or ps
+            self.imaps_port = imaps_port or is_
         # compress: load imap_zlib so that IMAP offers COMPRESS=DEFLATE
         # (RFC 4978), which the proxy must hide.
         self.compress = compress
@@ -259,7 +456,11 @@ class Dovecot:
                 f.write("%s:{PLAIN}%s:%d:%d::%s::\n" % (u, pw, uid, gid, self.home(u)))
         os.chmod(self.users_path, 0o644)
         ssl = "ssl = no"
-        if self.tls:
+        if self.tls and self.ssl_cert:
+            ssl = "ssl = yes\nssl_cert = <%s\nssl_key = <%s" % (self.ssl_cert, self.ssl_key)
+            for name, (c, k) in sorted(self.sni_certs.items()):
+                ssl += "\nlocal_name %s {\n  ssl_cert = <%s\n  ssl_key = <%s\n}" % (name, c, k)
+        elif self.tls:
             # A self-signed certificate, so that Dovecot offers STLS (the
             # proxy must hide it) while plaintext logins stay allowed.
             cert = os.path.join(self.workdir, "cert.pem")
@@ -298,7 +499,7 @@ service pop3-login {{
     port = {pop3}
   }}
   inet_listener pop3s {{
-    port = 0
+{pop3s}
   }}
 }}
 service imap-login {{
@@ -307,7 +508,7 @@ service imap-login {{
     port = {imap}
   }}
   inet_listener imaps {{
-    port = 0
+{imaps}
   }}
 }}
 # Tests fail logins on purpose, all from 127.0.0.1: switch off the growing
@@ -326,13 +527,20 @@ protocol imap {{
 }}
 """.format(base=self.base_dir, state=self.state_dir, log=self.log_path,
            users=self.users_path, pop3=self.pop3_port, imap=self.imap_port, ssl=ssl,
+           pop3s=self._tls_listener(self.pop3s_port), imaps=self._tls_listener(self.imaps_port),
            imap_plugins="\n  mail_plugins = $mail_plugins imap_zlib" if self.compress else "")
         with open(self.config_path, "w") as f:
             f.write(conf)
         os.chmod(self.config_path, 0o644)
 
+    @staticmethod
+    def _tls_listener(port):
+        if not port:
+            return "    port = 0"
+        return "    address = 127.0.0.1\n    port = %d\n    ssl = yes" % port
+
     def start(self, timeout=20.0):
-        """Starts Dovecot (it daemonizes) and waits until both ports listen.
+        """Starts Dovecot (it daemonizes) and waits until its ports listen.
         Returns the master PID."""
         self.write_config()
         for d in (self.base_dir, self.state_dir):
@@ -364,6 +572,9 @@ protocol imap {{
         try:
             wait_port(self.pop3_port, max(1.0, deadline - time.monotonic()), what="dovecot pop3")
             wait_port(self.imap_port, max(1.0, deadline - time.monotonic()), what="dovecot imap")
+            for port, what in ((self.pop3s_port, "dovecot pop3s"), (self.imaps_port, "dovecot imaps")):
+                if port:
+                    wait_port(port, max(1.0, deadline - time.monotonic()), what=what)
         except RuntimeError:
             self.stop()
             raise RuntimeError("dovecot did not listen\n" + self.log_tail())
@@ -382,9 +593,13 @@ protocol imap {{
             return "(no dovecot log)"
 
     def state(self):
-        return {"pid": self.pid, "workdir": self.workdir, "config": self.config_path,
-                "log": self.log_path, "host": HOST, "pop3_port": self.pop3_port,
-                "imap_port": self.imap_port}
+        st = {"pid": self.pid, "workdir": self.workdir, "config": self.config_path,
+              "log": self.log_path, "host": HOST, "pop3_port": self.pop3_port,
+              "imap_port": self.imap_port}
+        if self.implicit_tls:
+            st["pop3s_port"] = self.pop3s_port
+            st["imaps_port"] = self.imaps_port
+        return st
 
 
 def stop_dovecot_pid(pid, config_path=None, timeout=15.0):
@@ -750,16 +965,24 @@ def mailmoat_config_yaml(listeners, quarantine_dir, on_malicious="quarantine",
                          admin_contact="postmaster@example.jp", log_level="info",
                          timeouts=None, limits=None, extra=""):
     """Builds the YAML text of a mailmoat configuration. listeners is a list
-    of (protocol, listen_port, upstream_port[, upstream_host])."""
+    of (protocol, listen_port, upstream_port[, upstream_host[, keys]]);
+    keys, a dict, adds listener keys (tls, certificate, upstream_tls...):
+    strings are quoted, booleans written true/false."""
     t = {"client_idle": 600, "upstream_idle": 600, "connect": 15, "shutdown_grace": 10}
     t.update(timeouts or {})
     out = ["# generated by mmharness", "listeners:"]
     for lst in listeners:
         proto, lport, uport = lst[0], lst[1], lst[2]
-        uhost = lst[3] if len(lst) > 3 else HOST
+        uhost = (lst[3] if len(lst) > 3 else None) or HOST
         out += ["  - protocol: %s" % proto,
                 "    listen: %s:%d" % (HOST, lport),
                 "    upstream: %s:%d" % (uhost, uport)]
+        for k, v in (lst[4] if len(lst) > 4 else {}).items():
+            if isinstance(v, bool):
+                v = "true" if v else "false"
+            elif not isinstance(v, int):
+                v = _yaml_str(v)
+            out.append("    %s: %s" % (k, v))
     out += ["scanner:", "  clamav:", "    database: %s" % _yaml_str(database or testsigs_dir()),
             "quarantine:", "  dir: %s" % _yaml_str(quarantine_dir),
             "policy:", "  on_malicious: %s" % on_malicious, "  on_scan_error: %s" % on_scan_error,
@@ -780,7 +1003,8 @@ def mailmoat_config_yaml(listeners, quarantine_dir, on_malicious="quarantine",
 class Mailmoat:
     """One mailmoat process on a free port in front of an upstream.
 
-    upstreams: a list of (protocol, upstream_port) pairs; a listen port is
+    upstreams: a list of (protocol, upstream_port[, upstream_host[, keys]])
+    (keys: more listener keys, see mailmoat_config_yaml); a listen port is
     picked for each (self.ports[i], and self.port for the first).
     """
 
@@ -939,12 +1163,37 @@ def parse_log_line(line):
 
 # ------------------------------------------------------------- raw POP3 ----
 
+def tls_connect(port, context, server_hostname, host=HOST, timeout=60.0):
+    """A TCP connection to host:port wrapped in TLS (context, an
+    ssl.SSLContext; server_hostname is sent as SNI and, when the context
+    checks host names, verified)."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        return context.wrap_socket(sock, server_hostname=server_hostname)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def tls_client_context(cafile):
+    """A client context that trusts only cafile, verifies the chain and the
+    host name, TLS 1.2 or later."""
+    import ssl
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
 class RawPop3:
     """A minimal POP3 client that keeps the exact bytes of every response
-    (dot-stuffing included)."""
+    (dot-stuffing included). With tls (an ssl.SSLContext) it speaks TLS
+    from the first byte (POP3S), sending server_hostname as SNI."""
 
-    def __init__(self, port, host=HOST, timeout=60.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port, host=HOST, timeout=60.0, tls=None, server_hostname=None):
+        if tls is not None:
+            self.sock = tls_connect(port, tls, server_hostname or host, host, timeout)
+        else:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = bytearray()
         self.greeting = self.readline()
 
@@ -1074,12 +1323,12 @@ def unstuff(raw):
     return b"\r\n".join(l[1:] if l.startswith(b".") else l for l in lines)
 
 
-def fetch_all_raw(port, user, password, host=HOST, top=None):
+def fetch_all_raw(port, user, password, host=HOST, top=None, tls=None, server_hostname=None):
     """Logs in with USER/PASS and returns a dict with the raw status lines
     and bodies of STAT, LIST, UIDL and every RETR (and TOP n `top` if top is
-    not None)."""
+    not None). tls, server_hostname: see RawPop3."""
     out = {}
-    with RawPop3(port, host) as c:
+    with RawPop3(port, host, tls=tls, server_hostname=server_hostname) as c:
         c.login(user, password)
         out["STAT"] = c.cmd("STAT")
         out["LIST"] = c.cmd_multi("LIST")
@@ -1163,10 +1412,16 @@ _LIT_MARK_LOOSE = re.compile(rb"~?\{(\d+)\+?\}(?:\r\n)?$")   # imaplib drops the
 
 class RawImap:
     """A minimal IMAP client that keeps the exact bytes of every response
-    (literals included) and lets a test send anything, tags included."""
+    (literals included) and lets a test send anything, tags included.
+    With tls (an ssl.SSLContext) it speaks TLS from the first byte (IMAPS),
+    sending server_hostname as SNI."""
 
-    def __init__(self, port, host=HOST, timeout=60.0, max_literal=1 << 30):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port, host=HOST, timeout=60.0, max_literal=1 << 30, tls=None,
+                 server_hostname=None):
+        if tls is not None:
+            self.sock = tls_connect(port, tls, server_hostname or host, host, timeout)
+        else:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = bytearray()
         self.max_literal = max_literal
         self._tag = 0
