@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """ctest fixture: one throwaway Dovecot for the whole integration run.
 
-  dovecot_fixture.py start   builds the test mailboxes, starts Dovecot on free
-                             loopback ports, writes $MAILMOAT_IT_STATE/state.json
+  dovecot_fixture.py start   builds the test mailboxes and the test PKI
+                             (mmharness.make_test_pki), starts Dovecot on free
+                             loopback ports (POP3 and IMAP in plaintext with
+                             STLS/STARTTLS, and POP3S and IMAPS), writes
+                             $MAILMOAT_IT_STATE/state.json
   dovecot_fixture.py stop    stops that Dovecot by its PID and removes its files
 
 A leftover from an earlier run (state.json still present) is stopped and
@@ -155,7 +158,19 @@ def start():
     t0 = time.monotonic()
     workdir = tempfile.mkdtemp(prefix="mailmoat-it-dovecot-")
     os.chmod(workdir, 0o755)
-    dv = mh.Dovecot(workdir, USERS, tls=True, compress=True)   # offers STLS/STARTTLS, COMPRESS=DEFLATE
+    try:
+        # The certificate for mail.test.example (and 127.0.0.1) by default;
+        # a client that sends SNI expired.test.example gets the expired
+        # leaf, unknown.test.example one of a CA nobody trusts.
+        pki = mh.make_test_pki(os.path.join(workdir, "pki"))
+    except Exception:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    # offers STLS/STARTTLS, COMPRESS=DEFLATE; POP3S and IMAPS
+    dv = mh.Dovecot(workdir, USERS, tls=True, compress=True, implicit_tls=True,
+                    ssl_cert=pki["upstream_cert"], ssl_key=pki["upstream_key"],
+                    sni_certs={mh.TLS_EXPIRED_NAME: (pki["expired_cert"], pki["expired_key"]),
+                               mh.TLS_UNKNOWN_NAME: (pki["unknown_cert"], pki["unknown_key"])})
     described = build_mailboxes(dv)
     try:
         dv.start()
@@ -164,14 +179,15 @@ def start():
         raise
     state = dv.state()
     state["users"] = {u: {"password": pw, "messages": described[u]} for u, pw in USERS.items()}
+    state["pki"] = pki
     state["started_at"] = time.time()
     tmp = STATE + ".tmp"
     with open(tmp, "w") as f:
         json.dump(state, f, indent=1)
     os.rename(tmp, STATE)
-    print("Dovecot %s pid %d: pop3 %s:%d imap %s:%d, work dir %s (%.1f s)" % (
-        mh.DOVECOT_BIN, dv.pid, mh.HOST, dv.pop3_port, mh.HOST, dv.imap_port, workdir,
-        time.monotonic() - t0))
+    print("Dovecot %s pid %d: pop3 %s:%d imap %s:%d pop3s %d imaps %d (%s), work dir %s (%.1f s)" % (
+        mh.DOVECOT_BIN, dv.pid, mh.HOST, dv.pop3_port, mh.HOST, dv.imap_port, dv.pop3s_port,
+        dv.imaps_port, mh.TLS_UPSTREAM_NAME, workdir, time.monotonic() - t0))
     for u, msgs in described.items():
         print("  %-6s %s" % (u, ", ".join("%d:%s" % (m["num"], m["kind"]) for m in msgs)))
 
