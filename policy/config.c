@@ -47,6 +47,8 @@ _Static_assert(sizeof action_names / sizeof action_names[0] == POLICY_ACTION_COU
 
 /* The levels proxy/log.c knows; kept here so policy does not depend on proxy. */
 static const char *const log_level_names[] = {"error", "warn", "info", "debug"};
+static const char *const tls_names[] = {"none", "implicit", "starttls", "required"};
+static const char *const bool_names[] = {"true", "false"};
 #define N_LOG_LEVELS (sizeof log_level_names / sizeof log_level_names[0])
 
 /*
@@ -473,6 +475,17 @@ struct field {
 		.key = k, .kind = FK_SECTION, .sub = t                                   \
 	}
 #define N_FIELDS(t) (sizeof(t) / sizeof((t)[0]) - 1)
+#define L_OPT(k, m)                                                                      \
+	{                                                                                \
+		.key = k, .kind = FK_OPT_STRING,                                         \
+		.off = offsetof(struct cfg_listener, m),                                 \
+		.len = MEMBER_SIZE(struct cfg_listener, m)                               \
+	}
+#define L_NAME(k, m, n, c)                                                               \
+	{                                                                                \
+		.key = k, .kind = FK_NAME, .off = offsetof(struct cfg_listener, m),      \
+		.len = MEMBER_SIZE(struct cfg_listener, m), .names = n, .n_names = c     \
+	}
 
 /*
  * Ranges. libclamav clamps its size limits at 4 GiB, so larger values are
@@ -501,6 +514,14 @@ static const struct field listener_fields[] = {
      .off = offsetof(struct cfg_listener, upstream_host),
      .len = MEMBER_SIZE(struct cfg_listener, upstream_host),
      .off2 = offsetof(struct cfg_listener, upstream_port)},
+    L_NAME("tls", tls, tls_names, 4),
+    L_OPT("certificate", certificate),
+    L_OPT("key", key),
+    L_NAME("upstream_tls", upstream_tls, tls_names, 3),
+    L_OPT("upstream_ca", upstream_ca),
+    L_OPT("upstream_name", upstream_name),
+    L_OPT("upstream_pin", upstream_pin),
+    L_NAME("upstream_verify", upstream_verify, bool_names, 2),
     {.key = NULL},
 };
 
@@ -883,6 +904,34 @@ static int listen_key(const struct cfg_listener *l, unsigned char bin[16])
  * when some items are bad, so config_free has one path). Two listeners on
  * the same address and port are an error at the second one.
  */
+/*
+ * TLS keys that only make sense together: a TLS listener needs its
+ * certificate and key; a pin is "sha256//" and 44 base64 characters. The
+ * defaults (none, verification on) are filled in here.
+ */
+static void check_listener_tls(struct load_ctx *ctx, struct cfg_listener *l,
+                               const char *name)
+{
+	if (l->tls[0] == '\0')
+		snprintf(l->tls, sizeof(l->tls), "none");
+	if (l->upstream_tls[0] == '\0')
+		snprintf(l->upstream_tls, sizeof(l->upstream_tls), "none");
+	if (l->upstream_verify[0] == '\0')
+		snprintf(l->upstream_verify, sizeof(l->upstream_verify), "true");
+	if (strcmp(l->tls, "none") != 0 &&
+	    (l->certificate[0] == '\0' || l->key[0] == '\0'))
+		report(ctx, l->line, "%s: tls: %s needs 'certificate' and 'key'", name,
+		       l->tls);
+	if (l->upstream_pin[0] != '\0' && (strncmp(l->upstream_pin, "sha256//", 8) != 0 ||
+	                                   strlen(l->upstream_pin) != 8 + 44))
+		report(ctx, l->line,
+		       "%s: upstream_pin must be sha256// and the base64 SHA-256 of the "
+		       "upstream's public key (44 characters)",
+		       name);
+	if (l->upstream_pin[0] != '\0' && strcmp(l->upstream_tls, "none") == 0)
+		report(ctx, l->line, "%s: upstream_pin needs upstream_tls", name);
+}
+
 static void load_listeners(struct load_ctx *ctx, const yaml_node_t *seq)
 {
 	struct config *cfg = ctx->cfg;
@@ -929,6 +978,7 @@ static void load_listeners(struct load_ctx *ctx, const yaml_node_t *seq)
 			continue;
 		}
 		walk_mapping(ctx, item, listener_fields, l, name);
+		check_listener_tls(ctx, l, name);
 	}
 	for (size_t i = 1; i < n; i++) {
 		unsigned char a[16], b[16];

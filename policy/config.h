@@ -30,7 +30,17 @@ struct cfg_listener {
 	uint16_t listen_port;
 	char upstream_host[CFG_HOST_MAX]; /* upstream: HOST:PORT */
 	uint16_t upstream_port;
-	int line; /* where it was defined, for messages */
+	/* TLS (issue 4): on the client side and towards the upstream */
+	char tls[16];                     /* tls: none | implicit | starttls | required */
+	char certificate[CFG_PATH_MAX];   /* certificate: PEM chain (tls != none) */
+	char key[CFG_PATH_MAX];           /* key: PEM private key */
+	char upstream_tls[16];            /* upstream_tls: none | implicit | starttls */
+	char upstream_ca[CFG_PATH_MAX];   /* upstream_ca: CA file ("" = system store) */
+	char upstream_name[CFG_HOST_MAX]; /* upstream_name: verified, sent as SNI ("" =
+	                                     host) */
+	char upstream_pin[128]; /* upstream_pin: sha256//BASE64 of the SPKI ("" = none) */
+	char upstream_verify[8]; /* upstream_verify: true | false (default true) */
+	int line;                /* where it was defined, for messages */
 };
 
 struct config {

@@ -9,6 +9,10 @@
  */
 #include "proxy/conn.h"
 
+#include <arpa/inet.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/x509v3.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,6 +27,323 @@ struct conn_write_req {
 	char data[];
 };
 
+#define CONN_CBUF 16384
+
+static void conn_on_write(uv_write_t *req, int status);
+static void conn_tls_progress(struct conn_pair *p, struct conn_leg *leg);
+static int conn_raw_write(struct conn_pair *p, struct conn_leg *leg, const char *data,
+                          size_t len);
+
+/* ------------------------------------------------------------------ */
+/* TLS settings                                                        */
+
+static enum conn_tls_mode conn_tls_mode(const char *name)
+{
+	if (strcmp(name, "implicit") == 0)
+		return CONN_TLS_IMPLICIT;
+	if (strcmp(name, "starttls") == 0)
+		return CONN_TLS_STARTTLS;
+	if (strcmp(name, "required") == 0)
+		return CONN_TLS_REQUIRED;
+	return CONN_TLS_NONE;
+}
+
+static void conn_tls_log_errors(const char *what)
+{
+	unsigned long e;
+	char buf[256];
+
+	while ((e = ERR_get_error()) != 0) {
+		ERR_error_string_n(e, buf, sizeof(buf));
+		log_msg(LOG_LVL_ERROR, NULL, "%s: %s", what, buf);
+	}
+}
+
+/* TLS 1.2 and later; for 1.2 only forward-secret AEAD suites. */
+static SSL_CTX *conn_tls_ctx(int server)
+{
+	SSL_CTX *ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
+
+	if (ctx == NULL)
+		return NULL;
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_cipher_list(ctx, "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL");
+	SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+	return ctx;
+}
+
+int conn_tls_setup(struct conn_tls_cfg *t, const struct cfg_listener *lc)
+{
+	memset(t, 0, sizeof(*t));
+	t->client_mode = conn_tls_mode(lc->tls);
+	t->upstream_mode = conn_tls_mode(lc->upstream_tls);
+	if (t->client_mode == CONN_TLS_STARTTLS || t->client_mode == CONN_TLS_REQUIRED ||
+	    t->upstream_mode == CONN_TLS_STARTTLS) {
+		/* refused rather than a listener in plaintext where TLS was asked for */
+		log_msg(LOG_LVL_ERROR, NULL,
+		        "listener %s:%u: STARTTLS is not supported by this version (use "
+		        "implicit)",
+		        lc->listen_host, lc->listen_port);
+		return -1;
+	}
+	if (t->client_mode != CONN_TLS_NONE) {
+		t->server = conn_tls_ctx(1);
+		if (t->server == NULL ||
+		    SSL_CTX_use_certificate_chain_file(t->server, lc->certificate) != 1 ||
+		    SSL_CTX_use_PrivateKey_file(t->server, lc->key, SSL_FILETYPE_PEM) !=
+		        1 ||
+		    SSL_CTX_check_private_key(t->server) != 1) {
+			conn_tls_log_errors("listener certificate");
+			log_msg(LOG_LVL_ERROR, NULL,
+			        "listener %s:%u: cannot use certificate %s / key %s",
+			        lc->listen_host, lc->listen_port, lc->certificate,
+			        lc->key);
+			return -1;
+		}
+	}
+	if (t->upstream_mode != CONN_TLS_NONE) {
+		t->upstream = conn_tls_ctx(0);
+		if (t->upstream == NULL)
+			return -1;
+		t->verify = strcmp(lc->upstream_verify, "false") != 0;
+		snprintf(t->name, sizeof(t->name), "%s",
+		         lc->upstream_name[0] != '\0' ? lc->upstream_name
+		                                      : lc->upstream_host);
+		if (lc->upstream_ca[0] != '\0'
+		        ? SSL_CTX_load_verify_locations(t->upstream, lc->upstream_ca,
+		                                        NULL) != 1
+		        : SSL_CTX_set_default_verify_paths(t->upstream) != 1) {
+			conn_tls_log_errors("upstream CA");
+			log_msg(LOG_LVL_ERROR, NULL,
+			        "listener %s:%u: cannot load upstream CA %s",
+			        lc->listen_host, lc->listen_port,
+			        lc->upstream_ca[0] ? lc->upstream_ca : "(system store)");
+			return -1;
+		}
+		SSL_CTX_set_verify(t->upstream,
+		                   t->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+		if (!t->verify)
+			log_msg(LOG_LVL_WARN, NULL,
+			        "listener %s:%u: upstream certificate verification is "
+			        "DISABLED "
+			        "(upstream_verify: false): anyone on the path can read "
+			        "this mail",
+			        lc->listen_host, lc->listen_port);
+		if (lc->upstream_pin[0] != '\0') {
+			unsigned char dec[64];
+			int n = EVP_DecodeBlock(
+			    dec, (const unsigned char *)lc->upstream_pin + 8, 44);
+
+			/* 44 base64 characters ending in one '=' carry 32 octets */
+			if (n != 33 || lc->upstream_pin[8 + 43] != '=') {
+				log_msg(LOG_LVL_ERROR, NULL,
+				        "listener %s:%u: bad upstream_pin",
+				        lc->listen_host, lc->listen_port);
+				return -1;
+			}
+			memcpy(t->pin, dec, 32);
+			t->has_pin = 1;
+		}
+	}
+	return 0;
+}
+
+void conn_tls_cleanup(struct conn_tls_cfg *t)
+{
+	SSL_CTX_free(t->server);
+	SSL_CTX_free(t->upstream);
+	t->server = t->upstream = NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* TLS on a leg                                                        */
+
+/* Moves what OpenSSL produced for the peer onto the socket. */
+static int conn_tls_flush(struct conn_pair *p, struct conn_leg *leg)
+{
+	char buf[CONN_CBUF];
+	int n;
+
+	while ((n = BIO_read(SSL_get_wbio(leg->ssl), buf, sizeof(buf))) > 0)
+		if (conn_raw_write(p, leg, buf, (size_t)n) < 0)
+			return -1;
+	return 0;
+}
+
+/* Starts TLS on leg: as the server towards the client, as a client upstream. */
+static int conn_tls_start(struct conn_pair *p, struct conn_leg *leg, SSL_CTX *ctx,
+                          int server)
+{
+	BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
+
+	leg->ssl = SSL_new(ctx);
+	leg->cbuf = malloc(CONN_CBUF);
+	if (leg->ssl == NULL || rb == NULL || wb == NULL || leg->cbuf == NULL) {
+		BIO_free(rb);
+		BIO_free(wb);
+		return UV_ENOMEM;
+	}
+	SSL_set_bio(leg->ssl, rb, wb); /* the SSL owns both BIOs now */
+	if (server) {
+		SSL_set_accept_state(leg->ssl);
+	} else {
+		const struct conn_tls_cfg *t = p->tls;
+		struct in6_addr a6;
+		struct in_addr a4;
+		int ip = inet_pton(AF_INET, t->name, &a4) == 1 ||
+		         inet_pton(AF_INET6, t->name, &a6) == 1;
+
+		SSL_set_connect_state(leg->ssl);
+		if (!ip) /* SNI carries names only (RFC 6066 section 3) */
+			SSL_set_tlsext_host_name(leg->ssl, t->name);
+		if (t->verify) {
+			if (ip)
+				X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(leg->ssl),
+				                              t->name);
+			else
+				SSL_set1_host(leg->ssl, t->name);
+		}
+	}
+	conn_tls_progress(p, leg);
+	return 0;
+}
+
+/* The upstream's public key must hash to the configured pin (RFC 7469 style). */
+static int conn_tls_pin_ok(struct conn_leg *leg, const struct conn_tls_cfg *t)
+{
+	X509 *cert = SSL_get0_peer_certificate(leg->ssl);
+	unsigned char *der = NULL, md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	int len, ok;
+
+	if (!t->has_pin)
+		return 1;
+	if (cert == NULL || (len = i2d_PUBKEY(X509_get0_pubkey(cert), &der)) <= 0)
+		return 0;
+	ok = EVP_Digest(der, (size_t)len, md, &mdlen, EVP_sha256(), NULL) == 1 &&
+	     mdlen == 32 && CRYPTO_memcmp(md, t->pin, 32) == 0;
+	OPENSSL_free(der);
+	return ok;
+}
+
+/* A TLS failure on leg: the session hears of it as an error on that leg. */
+static void conn_tls_fail(struct conn_pair *p, struct conn_leg *leg, const char *why)
+{
+	char detail[256] = "";
+	unsigned long e = ERR_peek_last_error();
+	long vr = leg->ssl != NULL ? SSL_get_verify_result(leg->ssl) : X509_V_OK;
+
+	if (vr != X509_V_OK)
+		snprintf(detail, sizeof(detail), " (certificate verify failed: %s)",
+		         X509_verify_cert_error_string(vr));
+	else if (e != 0 && ERR_reason_error_string(e) != NULL)
+		snprintf(detail, sizeof(detail), " (%s)", ERR_reason_error_string(e));
+	ERR_clear_error();
+	log_msg(LOG_LVL_WARN, p->sid, "%s %s=%s TLS failed: %s%s", p->proto,
+	        leg == &p->upstream ? "upstream" : "client",
+	        leg == &p->upstream ? p->upstream_name : p->peer, why, detail);
+	if (leg == &p->upstream) {
+		p->up_state = CONN_UP_GONE;
+		p->ops->connected(p, UV_EPROTO);
+	} else {
+		p->ops->read(p, leg, UV_EPROTO);
+	}
+}
+
+/* Decrypts what is buffered into the session's input buffer and hands it on. */
+static void conn_tls_deliver(struct conn_pair *p, struct conn_leg *leg)
+{
+	size_t total = 0;
+	int eof = 0, err = 0;
+
+	if (leg->delivering)
+		return;
+	leg->delivering = 1;
+	while (leg->len < leg->cap) {
+		int r =
+		    SSL_read(leg->ssl, leg->buf + leg->len, (int)(leg->cap - leg->len));
+
+		if (r > 0) {
+			leg->len += (size_t)r;
+			total += (size_t)r;
+			continue;
+		}
+		r = SSL_get_error(leg->ssl, r);
+		if (r == SSL_ERROR_ZERO_RETURN)
+			eof = 1; /* close_notify */
+		else if (r != SSL_ERROR_WANT_READ)
+			err = 1;
+		break;
+	}
+	conn_tls_flush(p, leg);
+	leg->delivering = 0;
+	if (total > 0) {
+		leg->last_ms = conn_now(p);
+		p->ops->read(p, leg, (ssize_t)total);
+	}
+	if (p->closing)
+		return;
+	if (eof) {
+		leg->eof = 1;
+		p->ops->read(p, leg, UV_EOF);
+	} else if (err) {
+		conn_tls_fail(p, leg, "record error");
+	}
+}
+
+/* Drives the handshake, then decryption. */
+static void conn_tls_progress(struct conn_pair *p, struct conn_leg *leg)
+{
+	if (!leg->tls_up) {
+		int r = SSL_do_handshake(leg->ssl);
+
+		conn_tls_flush(p, leg);
+		if (r != 1) {
+			if (SSL_get_error(leg->ssl, r) != SSL_ERROR_WANT_READ)
+				conn_tls_fail(p, leg, "handshake");
+			return;
+		}
+		if (leg == &p->upstream && !conn_tls_pin_ok(leg, p->tls)) {
+			conn_tls_fail(
+			    p, leg,
+			    "the certificate's public key does not match upstream_pin");
+			return;
+		}
+		leg->tls_up = 1;
+		log_msg(LOG_LVL_INFO, p->sid, "%s %s tls=%s cipher=%s%s", p->proto,
+		        leg == &p->upstream ? "upstream" : "client",
+		        SSL_get_version(leg->ssl), SSL_get_cipher_name(leg->ssl),
+		        leg == &p->upstream && !p->tls->verify ? " verify=off" : "");
+		if (leg->pend_len > 0) {
+			SSL_write(leg->ssl, leg->pend, (int)leg->pend_len);
+			leg->pend_len = 0;
+			conn_tls_flush(p, leg);
+		}
+		if (leg == &p->upstream) {
+			p->up_state = CONN_UP_CONNECTED;
+			p->upstream.last_ms = conn_now(p);
+			p->ops->connected(p, 0);
+			if (p->closing)
+				return;
+		}
+	}
+	conn_tls_deliver(p, leg);
+}
+
+static void conn_tls_free(struct conn_leg *leg)
+{
+	SSL_free(leg->ssl); /* frees both BIOs */
+	leg->ssl = NULL;
+	free(leg->cbuf);
+	free(leg->pend);
+	leg->cbuf = leg->pend = NULL;
+}
+
+void conn_pair_set_tls(struct conn_pair *p, const struct conn_tls_cfg *tls)
+{
+	p->tls = tls;
+}
+
 uint64_t conn_now(const struct conn_pair *p)
 {
 	return uv_now(p->loop);
@@ -30,8 +351,11 @@ uint64_t conn_now(const struct conn_pair *p)
 
 static void conn_release(struct conn_pair *p)
 {
-	if (--p->refs == 0)
-		p->ops->freed(p);
+	if (--p->refs > 0)
+		return;
+	conn_tls_free(&p->client);
+	conn_tls_free(&p->upstream);
+	p->ops->freed(p);
 }
 
 static void conn_on_closed(uv_handle_t *h)
@@ -102,6 +426,8 @@ int conn_pair_accept(struct conn_pair *p, uv_stream_t *listener)
 		lsn_addr_str((struct sockaddr *)&ss, p->peer, sizeof(p->peer));
 	/* whole responses leave at once: no 40 ms delayed-ACK stalls */
 	uv_tcp_nodelay(&p->client.tcp, 1);
+	if (p->tls != NULL && p->tls->client_mode == CONN_TLS_IMPLICIT)
+		return conn_tls_start(p, &p->client, p->tls->server, 1);
 	return 0;
 }
 
@@ -118,9 +444,22 @@ static void conn_on_connect(uv_connect_t *req, int status)
 		p->ops->connected(p, status);
 		return;
 	}
+	uv_tcp_nodelay(&p->upstream.tcp, 1);
+	if (p->tls != NULL && p->tls->upstream_mode == CONN_TLS_IMPLICIT) {
+		/* connected for the session once the verified TLS session is up */
+		int r = conn_tls_start(p, &p->upstream, p->tls->upstream, 0);
+
+		if (r < 0) {
+			p->up_state = CONN_UP_GONE;
+			p->ops->connected(p, r);
+			return;
+		}
+		if (!p->closing && p->up_state != CONN_UP_GONE)
+			conn_update_reading(p, 0, 0);
+		return;
+	}
 	p->up_state = CONN_UP_CONNECTED;
 	p->upstream.last_ms = conn_now(p);
-	uv_tcp_nodelay(&p->upstream.tcp, 1);
 	p->ops->connected(p, 0);
 }
 
@@ -187,6 +526,35 @@ static void conn_on_write(uv_write_t *req, int status)
 
 int conn_write(struct conn_pair *p, struct conn_leg *leg, const char *data, size_t len)
 {
+	if (leg->ssl == NULL)
+		return conn_raw_write(p, leg, data, len);
+	if (len == 0)
+		return 0;
+	if (!leg->tls_up) {
+		/* before the handshake ends: kept, sent right after it */
+		if (leg->pend_len + len > leg->pend_cap) {
+			size_t nc = (leg->pend_len + len) * 2;
+			char *nb = realloc(leg->pend, nc);
+
+			if (nb == NULL)
+				return UV_ENOMEM;
+			leg->pend = nb;
+			leg->pend_cap = nc;
+		}
+		memcpy(leg->pend + leg->pend_len, data, len);
+		leg->pend_len += len;
+		return 0;
+	}
+	if (SSL_write(leg->ssl, data, (int)len) <= 0)
+		return UV_EPROTO;
+	if (leg == &p->upstream)
+		leg->last_ms = conn_now(p);
+	return conn_tls_flush(p, leg);
+}
+
+static int conn_raw_write(struct conn_pair *p, struct conn_leg *leg, const char *data,
+                          size_t len)
+{
 	struct conn_write_req *w;
 	uv_buf_t b;
 	int r;
@@ -230,7 +598,10 @@ static void conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 	struct conn_leg *leg = conn_leg_of(h->data, h);
 
 	(void)suggested;
-	*buf = uv_buf_init(leg->buf + leg->len, (unsigned)(leg->cap - leg->len));
+	if (leg->ssl != NULL)
+		*buf = uv_buf_init(leg->cbuf, CONN_CBUF);
+	else
+		*buf = uv_buf_init(leg->buf + leg->len, (unsigned)(leg->cap - leg->len));
 }
 
 static void conn_on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
@@ -238,9 +609,27 @@ static void conn_on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
 	struct conn_pair *p = st->data;
 	struct conn_leg *leg = conn_leg_of(p, (uv_handle_t *)st);
 
-	(void)buf;
 	if (p->closing || n == 0)
 		return;
+	if (leg->ssl != NULL) {
+		if (n > 0) {
+			BIO_write(SSL_get_rbio(leg->ssl), buf->base, (int)n);
+			conn_tls_progress(p, leg);
+			return;
+		}
+		uv_read_stop(st);
+		leg->reading = 0;
+		if (!leg->tls_up) {
+			conn_tls_fail(p, leg,
+			              n == UV_EOF ? "closed during the handshake"
+			                          : uv_strerror((int)n));
+			return;
+		}
+		if (n == UV_EOF)
+			leg->eof = 1;
+		p->ops->read(p, leg, n);
+		return;
+	}
 	if (n > 0) {
 		leg->len += (size_t)n;
 		leg->last_ms = conn_now(p);
@@ -266,13 +655,29 @@ static void conn_leg_reading(struct conn_leg *leg, int want)
 
 void conn_update_reading(struct conn_pair *p, int client_ok, int upstream_ok)
 {
+	struct conn_leg *legs[2] = {&p->client, &p->upstream};
+	int ok[2] = {client_ok, upstream_ok && p->up_state == CONN_UP_CONNECTED};
+
 	if (p->closing)
 		return;
-	conn_leg_reading(&p->client,
-	                 client_ok && !p->client.eof && p->client.len < p->client.cap);
-	conn_leg_reading(&p->upstream, upstream_ok && p->up_state == CONN_UP_CONNECTED &&
-	                                   !p->upstream.eof &&
-	                                   p->upstream.len < p->upstream.cap);
+	for (int i = 0; i < 2; i++) {
+		struct conn_leg *leg = legs[i];
+		int room = leg->len < leg->cap && !leg->eof;
+
+		if (leg->ssl != NULL && !leg->tls_up) {
+			/* the handshake reads whatever the session wants */
+			conn_leg_reading(leg, 1);
+			continue;
+		}
+		conn_leg_reading(leg, ok[i] && room);
+		/* plaintext OpenSSL already holds waits for room only */
+		if (leg->ssl != NULL && ok[i] && room &&
+		    (SSL_pending(leg->ssl) > 0 ||
+		     BIO_ctrl_pending(SSL_get_rbio(leg->ssl)) > 0))
+			conn_tls_deliver(p, leg);
+		if (p->closing)
+			return;
+	}
 }
 
 void conn_upstream_gone(struct conn_pair *p)

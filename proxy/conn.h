@@ -14,9 +14,41 @@
 #ifndef MAILMOAT_CONN_H
 #define MAILMOAT_CONN_H
 
+#include <openssl/ssl.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
+
+#include "policy/config.h"
+
+enum conn_tls_mode {
+	CONN_TLS_NONE,
+	CONN_TLS_IMPLICIT,
+	CONN_TLS_STARTTLS,
+	CONN_TLS_REQUIRED
+};
+
+/* The TLS settings of one listener, made once at start-up. */
+struct conn_tls_cfg {
+	enum conn_tls_mode client_mode;   /* tls: */
+	SSL_CTX *server;                  /* the proxy's certificate towards clients */
+	enum conn_tls_mode upstream_mode; /* upstream_tls: */
+	SSL_CTX *upstream;                /* verification towards the upstream */
+	char name[CFG_HOST_MAX];          /* verified and sent as SNI */
+	int verify;                       /* upstream_verify */
+	int has_pin;
+	unsigned char pin[32]; /* SHA-256 of the upstream's SubjectPublicKeyInfo */
+};
+
+/*
+ * Builds t from a listener's configuration: contexts, TLS 1.2 or later, a
+ * modern cipher list, the certificate and key, the CA (or the system
+ * store), the pin. Returns 0, or -1 with the reason logged.
+ */
+int conn_tls_setup(struct conn_tls_cfg *t, const struct cfg_listener *lc);
+
+/* Frees what conn_tls_setup made. */
+void conn_tls_cleanup(struct conn_tls_cfg *t);
 
 enum conn_up_state {
 	CONN_UP_RESOLVING,
@@ -36,6 +68,14 @@ struct conn_leg {
 	int eof;          /* the peer closed its sending side */
 	size_t wq;        /* bytes queued for writing, not yet written */
 	uint64_t last_ms; /* last byte received (upstream: or last byte sent) */
+	/* TLS over memory BIOs: sockets carry ciphertext, buf gets plaintext */
+	SSL *ssl;
+	BIO *rbio, *wbio;
+	int tls_up;     /* handshake done */
+	int delivering; /* decrypting into buf (re-entrancy guard) */
+	char *cbuf;     /* ciphertext read buffer */
+	char *pend;     /* plaintext written before the handshake finished */
+	size_t pend_len, pend_cap;
 };
 
 struct conn_pair;
@@ -61,9 +101,10 @@ struct conn_pair {
 	uv_connect_t connreq;
 	uv_loop_t *loop;
 	const struct conn_ops *ops;
-	const char *sid;   /* the session id, for log lines */
-	const char *proto; /* "pop3", "imap": for log lines */
-	int refs;          /* open handles and pending requests */
+	const struct conn_tls_cfg *tls; /* the listener's TLS settings, or NULL */
+	const char *sid;                /* the session id, for log lines */
+	const char *proto;              /* "pop3", "imap": for log lines */
+	int refs;                       /* open handles and pending requests */
 	int closing;
 	enum conn_up_state up_state;
 	uint64_t start_ms;
@@ -79,6 +120,13 @@ struct conn_pair {
 void conn_pair_init(struct conn_pair *p, uv_loop_t *loop, const struct conn_ops *ops,
                     const char *sid, const char *proto, char *cbuf, size_t ccap,
                     char *ubuf, size_t ucap);
+
+/*
+ * The listener's TLS settings for this pair (before accept/connect): with
+ * tls: implicit the client leg starts TLS on accept; with upstream_tls:
+ * implicit ops->connected comes once the verified TLS session is up.
+ */
+void conn_pair_set_tls(struct conn_pair *p, const struct conn_tls_cfg *tls);
 
 /*
  * Accepts the connection waiting on listener and closes it at once: for

@@ -25,8 +25,9 @@ enum imap_item_kind {
 	IMAP_ITEM_STRUCTURE, /* BODY, BODYSTRUCTURE (no section) */
 	IMAP_ITEM_HEADER,    /* header only: BODY[HEADER], BODY[HEADER.FIELDS (...)],
 	                        BODY[HEADER.FIELDS.NOT (...)], RFC822.HEADER, with or without
-	                        a    partial; of the top-level message only: BODY[1.HEADER...]
-	                        (the    header of a nested message) is CONTENT */
+	                        a    partial; of the top-level message only:
+	                        BODY[1.HEADER...]    (the    header of a nested message) is
+	                        CONTENT */
 	IMAP_ITEM_WHOLE,   /* the whole message, no partial: BODY[], BODY.PEEK[], RFC822,
 	                      BINARY[], BINARY.PEEK[] */
 	IMAP_ITEM_CONTENT, /* any other content: BODY[1], BODY[TEXT], BODY[2.MIME],

@@ -2476,6 +2476,7 @@ int imap_session_accept(struct server *srv, const struct cfg_listener *lcfg,
 	server_session_add(srv, &s->base);
 	conn_pair_init(&s->c, srv->loop, &im_conn_ops, s->base.sid, "imap", s->cin,
 	               sizeof(s->cin), s->uin, sizeof(s->uin));
+	conn_pair_set_tls(&s->c, &((struct lsn *)listener->data)->tls);
 	imap_seg_init(&s->cseg, srv->cfg->spool_max_message_size);
 	imap_seg_init(&s->useg, 0);
 	s->last_out_ms = uv_now(srv->loop);

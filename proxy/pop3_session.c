@@ -1318,6 +1318,7 @@ int pop3_session_accept(struct server *srv, const struct cfg_listener *lcfg,
 	server_session_add(srv, &s->base);
 	conn_pair_init(&s->c, srv->loop, &p3_conn_ops, s->base.sid, "pop3", s->cin,
 	               sizeof(s->cin), s->uin, sizeof(s->uin));
+	conn_pair_set_tls(&s->c, &((struct lsn *)listener->data)->tls);
 	pop3_cmd_init(&s->cp);
 	pop3_resp_init(&s->rp, 0); /* the spool bounds message size, not the parser */
 

@@ -106,6 +106,8 @@ int server_start(struct server *srv, uv_loop_t *loop, const struct config *cfg,
 		if (lsn_open(&srv->listeners[i], srv, &cfg->listeners[i]) < 0)
 			return -1;
 		srv->n_listeners++;
+		if (conn_tls_setup(&srv->listeners[i].tls, &cfg->listeners[i]) < 0)
+			return -1;
 	}
 	if (server_drop_privileges(cfg) < 0)
 		return -1;
@@ -146,6 +148,8 @@ void server_stop(struct server *srv)
 
 void server_cleanup(struct server *srv)
 {
+	for (unsigned i = 0; i < srv->n_listeners; i++)
+		conn_tls_cleanup(&srv->listeners[i].tls);
 	scan_engine_unref(&srv->engine);
 	vcache_free(&srv->vcache);
 	free(srv->listeners);

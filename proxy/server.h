@@ -13,6 +13,7 @@
 #include <uv.h>
 
 #include "policy/config.h"
+#include "proxy/conn.h"
 
 struct scan_engine;
 struct server;
@@ -75,6 +76,7 @@ struct lsn {
 	struct server *srv;
 	const struct cfg_listener *lcfg;
 	int pending; /* a connection waits to be accepted (session cap reached) */
+	struct conn_tls_cfg tls; /* TLS towards clients and upstream */
 	int closed;
 };
 

@@ -300,8 +300,17 @@ static const struct err_case {
     /* unknown keys at every level */
     {L1 "bogus: 1\n", 3, "unknown top-level key 'bogus'"},
     {"listeners:\n  - protocol: pop3\n    listen: 127.0.0.1:110\n    upstream: h:1\n"
+     "    ssl: on\n",
+     5, "unknown key 'ssl' in 'listeners[0]'"},
+    {"listeners:\n  - protocol: pop3\n    listen: 127.0.0.1:110\n    upstream: h:1\n"
      "    tls: on\n",
-     5, "unknown key 'tls' in 'listeners[0]'"},
+     5, "unknown value 'on' (allowed: none, implicit, starttls, required)"},
+    {"listeners:\n  - protocol: pop3\n    listen: 127.0.0.1:110\n    upstream: h:1\n"
+     "    tls: implicit\n",
+     2, "tls: implicit needs 'certificate' and 'key'"},
+    {"listeners:\n  - protocol: pop3\n    listen: 127.0.0.1:110\n    upstream: h:1\n"
+     "    upstream_tls: implicit\n    upstream_pin: sha256//abc\n",
+     2, "upstream_pin must be sha256//"},
     {L1 "scanner:\n  clamav:\n    max_filesize: 1M\n    heuristics: yes\n", 6,
      "unknown key 'heuristics' in 'scanner.clamav'"},
     {L1 "scanner:\n  clamd: {}\n", 4, "unknown key 'clamd' in 'scanner'"},
