@@ -77,15 +77,6 @@ int conn_tls_setup(struct conn_tls_cfg *t, const struct cfg_listener *lc)
 	memset(t, 0, sizeof(*t));
 	t->client_mode = conn_tls_mode(lc->tls);
 	t->upstream_mode = conn_tls_mode(lc->upstream_tls);
-	if (t->client_mode == CONN_TLS_STARTTLS || t->client_mode == CONN_TLS_REQUIRED ||
-	    t->upstream_mode == CONN_TLS_STARTTLS) {
-		/* refused rather than a listener in plaintext where TLS was asked for */
-		log_msg(LOG_LVL_ERROR, NULL,
-		        "listener %s:%u: STARTTLS is not supported by this version (use "
-		        "implicit)",
-		        lc->listen_host, lc->listen_port);
-		return -1;
-	}
 	if (t->client_mode != CONN_TLS_NONE) {
 		t->server = conn_tls_ctx(1);
 		if (t->server == NULL ||
@@ -242,7 +233,11 @@ static void conn_tls_fail(struct conn_pair *p, struct conn_leg *leg, const char 
 	log_msg(LOG_LVL_WARN, p->sid, "%s %s=%s TLS failed: %s%s", p->proto,
 	        leg == &p->upstream ? "upstream" : "client",
 	        leg == &p->upstream ? p->upstream_name : p->peer, why, detail);
-	if (leg == &p->upstream) {
+	if (leg->starttls) {
+		if (leg == &p->upstream)
+			p->up_state = CONN_UP_GONE;
+		p->ops->tls_done(p, leg, UV_EPROTO);
+	} else if (leg == &p->upstream) {
 		p->up_state = CONN_UP_GONE;
 		p->ops->connected(p, UV_EPROTO);
 	} else {
@@ -319,7 +314,11 @@ static void conn_tls_progress(struct conn_pair *p, struct conn_leg *leg)
 			leg->pend_len = 0;
 			conn_tls_flush(p, leg);
 		}
-		if (leg == &p->upstream) {
+		if (leg->starttls) {
+			p->ops->tls_done(p, leg, 0);
+			if (p->closing)
+				return;
+		} else if (leg == &p->upstream) {
 			p->up_state = CONN_UP_CONNECTED;
 			p->upstream.last_ms = conn_now(p);
 			p->ops->connected(p, 0);
@@ -696,4 +695,25 @@ void conn_pair_close(struct conn_pair *p)
 	uv_close((uv_handle_t *)&p->client.tcp, conn_on_closed);
 	uv_close((uv_handle_t *)&p->upstream.tcp, conn_on_closed);
 	uv_close((uv_handle_t *)&p->timer, conn_on_closed);
+}
+
+int conn_start_tls(struct conn_pair *p, struct conn_leg *leg)
+{
+	int server = leg == &p->client;
+	SSL_CTX *ctx = p->tls == NULL ? NULL : server ? p->tls->server : p->tls->upstream;
+
+	if (ctx == NULL || leg->ssl != NULL)
+		return UV_EINVAL;
+	leg->len = 0; /* plaintext sent after the command is never trusted */
+	leg->starttls = 1;
+	if (conn_tls_start(p, leg, ctx, server) < 0)
+		return UV_ENOMEM;
+	if (!p->closing)
+		conn_leg_reading(leg, 1);
+	return 0;
+}
+
+int conn_leg_tls(const struct conn_leg *leg)
+{
+	return leg->ssl != NULL;
 }

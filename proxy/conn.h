@@ -72,6 +72,7 @@ struct conn_leg {
 	SSL *ssl;
 	BIO *rbio, *wbio;
 	int tls_up;     /* handshake done */
+	int starttls;   /* TLS began inside the protocol (STLS / STARTTLS) */
 	int delivering; /* decrypting into buf (re-entrancy guard) */
 	char *cbuf;     /* ciphertext read buffer */
 	char *pend;     /* plaintext written before the handshake finished */
@@ -87,6 +88,8 @@ struct conn_ops {
 	void (*read)(struct conn_pair *p, struct conn_leg *leg, ssize_t n);
 	/* a write on leg completed (status < 0: it failed) */
 	void (*written)(struct conn_pair *p, struct conn_leg *leg, int status);
+	/* a STARTTLS handshake on leg ended (status < 0: it failed, logged) */
+	void (*tls_done)(struct conn_pair *p, struct conn_leg *leg, int status);
 	/* once a second while open */
 	void (*tick)(struct conn_pair *p);
 	/* every handle and request is closed: the session may be freed now */
@@ -145,6 +148,18 @@ int conn_pair_accept(struct conn_pair *p, uv_stream_t *listener);
  */
 int conn_pair_connect(struct conn_pair *p, const char *host, uint16_t port,
                       unsigned timeout_s);
+
+/*
+ * STARTTLS (RFC 2595): begins TLS on leg now, as the server towards the
+ * client or as a verifying client towards the upstream, with the
+ * listener's settings. Whatever plaintext is still buffered on the leg is
+ * discarded (it could be injected, CVE-2011-0411). ops->tls_done reports
+ * the outcome. Returns 0 or < 0.
+ */
+int conn_start_tls(struct conn_pair *p, struct conn_leg *leg);
+
+/* True when leg carries TLS (up or being negotiated). */
+int conn_leg_tls(const struct conn_leg *leg);
 
 /* Queues a copy of len bytes on leg. Returns 0 or a libuv error (< 0). */
 int conn_write(struct conn_pair *p, struct conn_leg *leg, const char *data, size_t len);

@@ -63,11 +63,12 @@ enum p3_kind {
 	P3K_AUTH,     /* AUTH mech: "+ " continues the SASL exchange */
 	P3K_SASL,     /* a client SASL response line */
 	P3K_QUIT,
-	P3K_CAPA,  /* captured and filtered */
-	P3K_RETR,  /* captured and scanned */
-	P3K_TOP,   /* captured (as RETR when unscanned) and scanned */
-	P3K_LOCAL, /* answered by the proxy, never sent upstream */
-	P3K_PROBE, /* the proxy's own "UIDL n": recorded, never relayed */
+	P3K_CAPA,   /* captured and filtered */
+	P3K_RETR,   /* captured and scanned */
+	P3K_TOP,    /* captured (as RETR when unscanned) and scanned */
+	P3K_LOCAL,  /* answered by the proxy, never sent upstream */
+	P3K_PROBE,  /* the proxy's own "UIDL n": recorded, never relayed */
+	P3K_UPSTLS, /* the proxy's own STLS to the upstream (upstream_tls: starttls) */
 	P3K_COUNT
 };
 
@@ -101,6 +102,7 @@ struct p3_slot {
 	int upstream_retr; /* a TOP that was sent upstream as RETR */
 	int discard;       /* known quarantined: the captured copy is not needed */
 	int close_after;   /* close the client once this slot is sent */
+	int starttls;      /* the client's STLS: TLS starts once this is sent */
 	const char *login; /* PASS / APOP: log the outcome under this method */
 
 	/* capture */
@@ -140,8 +142,11 @@ struct pop3_session {
 	int in_run;            /* re-entrancy guard of p3_run */
 	int sasl;              /* the next client line is a SASL response */
 	int authed;
-	int quit;               /* the client's QUIT was answered */
-	const char *end_reason; /* why close_after_flush was set, for the log */
+	int quit;            /* the client's QUIT was answered */
+	int up_tls_wait;     /* upstream STLS under way: client commands wait */
+	int client_tls_wait; /* client STLS answered: nothing more read until TLS */
+	int tls_go_up, tls_go_client; /* start TLS on that leg between passes */
+	const char *end_reason;       /* why close_after_flush was set, for the log */
 	char reason_buf[80];
 
 	char cin[P3_CIN_MAX];
@@ -162,6 +167,7 @@ struct pop3_session {
 };
 
 static void p3_run(struct pop3_session *s);
+static int p3_client_tls_offered(struct pop3_session *s);
 static void p3_close(struct pop3_session *s, const char *reason);
 
 static uint64_t p3_now(struct pop3_session *s)
@@ -383,7 +389,7 @@ static int p3_is_capture(enum p3_kind k)
 /* Answers relayed byte for byte as they arrive (so only at the head). */
 static int p3_is_relayed(enum p3_kind k)
 {
-	return !p3_is_capture(k) && k != P3K_PROBE;
+	return !p3_is_capture(k) && k != P3K_PROBE && k != P3K_UPSTLS;
 }
 
 /* Captured messages held (being received, scanned, or waiting to be sent). */
@@ -578,6 +584,8 @@ static void p3_capture_complete(struct pop3_session *s, struct p3_slot *sl)
 				spool_append(f, buf + i, ll);
 			i += ll;
 		}
+		if (p3_client_tls_offered(s))
+			spool_append(f, "STLS\r\n", 6);
 		spool_freeze(f);
 		spool_unref(&sl->spool);
 		sl->spool = f;
@@ -699,6 +707,16 @@ static void p3_answer_begin(struct pop3_session *s, struct p3_slot *sl)
 static void p3_passthrough_status(struct pop3_session *s, struct p3_slot *sl,
                                   const struct pop3_resp_event *ev)
 {
+	if (sl->kind == P3K_GREETING && ev->status == POP3_ST_OK && s->c.tls != NULL &&
+	    s->c.tls->upstream_mode == CONN_TLS_STARTTLS &&
+	    !conn_leg_tls(&s->c.upstream)) {
+		/* RFC 2595 section 4: STLS before anything else goes upstream */
+		if (p3_slot_add(s, P3K_UPSTLS) != NULL) {
+			s->up_tls_wait = 1;
+			p3_write(s, 0, "STLS\r\n", 6);
+		}
+		return;
+	}
 	if (sl->kind == P3K_AUTH || sl->kind == P3K_SASL) {
 		s->sasl = ev->status == POP3_ST_CONT;
 		if (ev->status == POP3_ST_OK)
@@ -733,7 +751,8 @@ static int p3_upstream_input(struct pop3_session *s)
 	size_t pos = 0;
 	int progress = 0;
 
-	while (pos < s->c.upstream.len && s->ucur != NULL && !s->closing) {
+	while (pos < s->c.upstream.len && s->ucur != NULL && !s->closing &&
+	       !s->tls_go_up) {
 		struct p3_slot *sl = s->ucur;
 		struct pop3_resp_event ev;
 		size_t used = 0;
@@ -784,6 +803,24 @@ static int p3_upstream_input(struct pop3_session *s)
 					sl->state = P3S_READY;
 					p3_ucur_advance(s);
 				}
+			} else if (sl->kind == P3K_UPSTLS) {
+				sl->out = P3O_NONE;
+				sl->state = P3S_READY;
+				p3_ucur_advance(s);
+				if (ev.status != POP3_ST_OK) {
+					/* fail closed: never carry on in plaintext */
+					log_msg(LOG_LVL_WARN, s->base.sid,
+					        "pop3 upstream=%s refused STLS: no "
+					        "plaintext fallback",
+					        s->c.upstream_name);
+					p3_set_line(
+					    sl, "-ERR [SYS/TEMP] mailmoat: upstream TLS "
+					        "unavailable\r\n");
+					sl->close_after = 1;
+				} else {
+					s->tls_go_up = 1; /* the next bytes are TLS */
+					break;
+				}
 			} else if (sl->kind == P3K_PROBE) {
 				if (ev.status == POP3_ST_OK && ev.len > 4)
 					p3_record_listing(s, 2, ev.data + 4, ev.len - 4);
@@ -832,7 +869,7 @@ static int p3_upstream_input(struct pop3_session *s)
 		memmove(s->uin, s->uin + pos, s->c.upstream.len - pos);
 		s->c.upstream.len -= pos;
 	}
-	if (s->ucur == NULL && s->c.upstream.len > 0 &&
+	if (s->ucur == NULL && s->c.upstream.len > 0 && !s->tls_go_up &&
 	    s->c.up_state == CONN_UP_CONNECTED) {
 		/* RFC 1939 has no unsolicited responses */
 		s->c.upstream.len = 0;
@@ -963,6 +1000,8 @@ static int p3_flush(struct pop3_session *s)
 		if (!p3_send_slot(s, sl))
 			break;
 		progress = 1;
+		if (sl->starttls)
+			s->tls_go_client = 1;
 		if (sl->close_after || sl->kind == P3K_QUIT)
 			s->close_after_flush = 1;
 		p3_slot_pop_head(s);
@@ -1057,6 +1096,15 @@ static int p3_numeric_args(const char *a, size_t len, unsigned long out[2])
 	return n;
 }
 
+/* STLS is offered to this client: configured, and not done yet. */
+static int p3_client_tls_offered(struct pop3_session *s)
+{
+	return s->c.tls != NULL &&
+	       (s->c.tls->client_mode == CONN_TLS_STARTTLS ||
+	        s->c.tls->client_mode == CONN_TLS_REQUIRED) &&
+	       !conn_leg_tls(&s->c.client);
+}
+
 /* One client line: make its slot and forward it upstream. */
 static void p3_command(struct pop3_session *s, const struct pop3_cmd *cmd)
 {
@@ -1069,6 +1117,17 @@ static void p3_command(struct pop3_session *s, const struct pop3_cmd *cmd)
 	int listing = 0, to_retr = 0;
 	const char *login = NULL;
 
+	if (!s->sasl && s->c.tls != NULL && s->c.tls->client_mode == CONN_TLS_REQUIRED &&
+	    !conn_leg_tls(&s->c.client) &&
+	    (strcmp(v, "USER") == 0 || strcmp(v, "PASS") == 0 || strcmp(v, "APOP") == 0 ||
+	     strcmp(v, "AUTH") == 0)) {
+		/* tls: required: no credentials in plaintext (RFC 3206 [AUTH]) */
+		struct p3_slot *ls = p3_slot_add(s, P3K_LOCAL);
+
+		if (ls != NULL)
+			p3_set_line(ls, "-ERR [AUTH] TLS required: use STLS first\r\n");
+		return;
+	}
 	if (s->sasl) {
 		/* RFC 5034 section 4: a SASL response line; never logged */
 		s->sasl = 0;
@@ -1140,8 +1199,14 @@ static void p3_command(struct pop3_session *s, const struct pop3_cmd *cmd)
 		sl->upstream_retr = to_retr;
 	}
 	if (kind == P3K_LOCAL) {
-		/* STLS (RFC 2595) needs TLS on the client side: not offered here */
-		p3_set_line(sl, "-ERR STLS is not available through this proxy\r\n");
+		if (p3_client_tls_offered(s)) {
+			/* RFC 2595 section 4: TLS begins right after this answer */
+			p3_set_line(sl, "+OK Begin TLS negotiation\r\n");
+			sl->starttls = 1;
+			s->client_tls_wait = 1;
+		} else {
+			p3_set_line(sl, "-ERR STLS is not available\r\n");
+		}
 		return;
 	}
 	if (to_retr) {
@@ -1160,9 +1225,9 @@ static int p3_client_input(struct pop3_session *s)
 	size_t pos = 0;
 	int progress = 0;
 
-	while (pos < s->c.client.len && !s->closing &&
-	       s->c.up_state == CONN_UP_CONNECTED && !s->stop_when_idle &&
-	       s->nslots < P3_SLOTS_MAX && !p3_client_held(s)) {
+	while (pos < s->c.client.len && !s->closing && !s->up_tls_wait &&
+	       !s->client_tls_wait && s->c.up_state == CONN_UP_CONNECTED &&
+	       !s->stop_when_idle && s->nslots < P3_SLOTS_MAX && !p3_client_held(s)) {
 		struct pop3_cmd cmd;
 		size_t used = 0;
 		int r = pop3_cmd_feed(&s->cp, s->cin + pos, s->c.client.len - pos, &used,
@@ -1217,6 +1282,32 @@ static void p3_on_read(struct conn_pair *p, struct conn_leg *leg, ssize_t n)
 }
 
 /*
+ * Starts TLS where a STLS exchange asked for it, between passes (never
+ * inside a parse of that leg's buffer). Returns progress.
+ */
+static int p3_tls_go(struct pop3_session *s)
+{
+	int r;
+
+	if (s->tls_go_up) {
+		s->tls_go_up = 0;
+		r = conn_start_tls(&s->c, &s->c.upstream);
+		if (r < 0)
+			p3_upstream_failed(s, "cannot start TLS");
+		return 1;
+	}
+	if (s->tls_go_client && s->c.client.wq == 0) {
+		/* "+OK" went out in plaintext; from here on the client speaks TLS */
+		s->tls_go_client = 0;
+		pop3_cmd_init(&s->cp);
+		if (conn_start_tls(&s->c, &s->c.client) < 0)
+			p3_close(s, "cannot start TLS");
+		return 1;
+	}
+	return 0;
+}
+
+/*
  * The session's driver: parses input on both sides and sends what is ready
  * until nothing moves, then adjusts reading. Re-entrant calls (from write
  * callbacks run inside) only mark that another pass is needed.
@@ -1234,6 +1325,7 @@ static void p3_run(struct pop3_session *s)
 
 			p |= p3_flush(s);
 			p |= p3_client_input(s);
+			p |= p3_tls_go(s);
 			if (!p)
 				break;
 		}
@@ -1294,7 +1386,29 @@ static void p3_on_connected(struct conn_pair *p, int status)
 	p3_run(s);
 }
 
+static void p3_on_tls_done(struct conn_pair *p, struct conn_leg *leg, int status)
+{
+	struct pop3_session *s = p3_of(p);
+
+	if (leg == &p->client) {
+		if (status < 0) {
+			p3_close(s, "client TLS failed");
+			return;
+		}
+		s->client_tls_wait = 0;
+	} else if (status < 0) {
+		/* fail closed, with a word to the client */
+		p3_write(s, 1, "-ERR [SYS/TEMP] mailmoat: upstream TLS failed\r\n", 47);
+		s->end_reason = "upstream TLS failed";
+		s->close_after_flush = 1;
+	} else {
+		s->up_tls_wait = 0;
+	}
+	p3_run(s);
+}
+
 static const struct conn_ops p3_conn_ops = {
+    .tls_done = p3_on_tls_done,
     .connected = p3_on_connected,
     .read = p3_on_read,
     .written = p3_on_written,
