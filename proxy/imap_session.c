@@ -129,8 +129,9 @@ struct im_capture {
 	enum im_cap_state state;
 	struct im_part *parts, *tail;
 	size_t text_bytes;
-	int fetch; /* a FETCH response (walked) */
-	int own;   /* part of the proxy's own pre-scan: never sent */
+	int fetch;    /* a FETCH response (walked) */
+	int own;      /* part of the proxy's own pre-scan: never sent */
+	int starttls; /* the client's STARTTLS answer: TLS starts once sent */
 	struct imap_fetch_walk walk;
 	struct im_part *whole; /* the whole-message literal, if any */
 	int n_content;
@@ -200,7 +201,13 @@ struct imap_session {
 	int cline_relay; /* in a client line being relayed (after its first segment) */
 	int cline_drop;  /* in a client line answered locally: drop the rest */
 	int client_dead; /* the client broke the protocol: read nothing more */
-	int login_lit;   /* the next client literal is LOGIN's user name */
+	int greeted;     /* the upstream's greeting went by */
+	int up_tls_wait; /* the proxy's own STARTTLS upstream is under way */
+	int client_tls_wait;          /* the client's STARTTLS was answered: TLS next */
+	int tls_go_up, tls_go_client; /* start TLS on that leg between passes */
+	char tls_tag[IM_TAG_MAX];
+	int tls_local_tag; /* the queued local line answers the client's STARTTLS */
+	int login_lit;     /* the next client literal is LOGIN's user name */
 	size_t login_len;
 	enum im_hold hold;
 	char *held; /* the held command's first segment */
@@ -507,9 +514,21 @@ static const struct vcache_entry *im_cached(struct imap_session *s, uint32_t uid
 /* ------------------------------------------------------------------ */
 /* capability filtering                                                */
 
-/* True for a capability the proxy cannot mediate (it would lose the stream). */
-static int im_cap_blocked(const char *w, size_t len)
+/* STARTTLS is offered to this client: configured, and not done yet. */
+static int im_client_tls_offered(struct imap_session *s)
 {
+	return s->c.tls != NULL &&
+	       (s->c.tls->client_mode == CONN_TLS_STARTTLS ||
+	        s->c.tls->client_mode == CONN_TLS_REQUIRED) &&
+	       !conn_leg_tls(&s->c.client);
+}
+
+/* True for a capability the proxy cannot mediate (it would lose the stream). */
+static int im_cap_blocked(struct imap_session *s, const char *w, size_t len)
+{
+	/* with TLS to the upstream ahead, its plaintext LOGINDISABLED is moot */
+	if (len == 13 && strncasecmp(w, "LOGINDISABLED", 13) == 0)
+		return s->c.tls != NULL && s->c.tls->upstream_mode == CONN_TLS_STARTTLS;
 	/*
 	 * CATENATE (RFC 4469) uploads parts by URL: nothing to scan before it
 	 * lands; URLAUTH (RFC 4467) hands out content by URLFETCH, PREVIEW and
@@ -529,7 +548,37 @@ static int im_cap_blocked(const char *w, size_t len)
  * ..." or a "[CAPABILITY ...]" response code). Returns the new length (the
  * line shrinks or stays).
  */
-static size_t im_filter_caps(char *line, size_t len)
+static size_t im_filter_caps_list(struct imap_session *s, char *line, size_t len);
+
+static size_t im_filter_caps(struct imap_session *s, char *line, size_t len)
+{
+	size_t n = im_filter_caps_list(s, line, len);
+	const char *add =
+	    im_client_tls_offered(s)
+	        ? (s->c.tls->client_mode == CONN_TLS_REQUIRED ? " STARTTLS LOGINDISABLED"
+	                                                      : " STARTTLS")
+	        : NULL;
+	char *end;
+
+	if (add == NULL)
+		return n;
+	/* RFC 3501 section 6.2.1: advertised in the list until TLS is up */
+	end =
+	    memmem(line, n, "[CAPABILITY ", 12) != NULL
+	        ? memchr(memmem(line, n, "[CAPABILITY ", 12), ']',
+	                 n - (size_t)((char *)memmem(line, n, "[CAPABILITY ", 12) - line))
+	        : NULL;
+	if (end == NULL) {
+		end = line + n;
+		while (end > line && (end[-1] == '\r' || end[-1] == '\n'))
+			end--;
+	}
+	memmove(end + strlen(add), end, (size_t)(line + n - end));
+	memcpy(end, add, strlen(add));
+	return n + strlen(add);
+}
+
+static size_t im_filter_caps_list(struct imap_session *s, char *line, size_t len)
 {
 	size_t i = 0, o = 0;
 	int in_caps = 0;
@@ -542,7 +591,7 @@ static size_t im_filter_caps(char *line, size_t len)
 			i++;
 		wl = i - start;
 		bracket = wl > 0 && line[start + wl - 1] == ']';
-		if (in_caps && im_cap_blocked(line + start, bracket ? wl - 1 : wl)) {
+		if (in_caps && im_cap_blocked(s, line + start, bracket ? wl - 1 : wl)) {
 			/* drop the word and the space before it; keep a closing ']' */
 			if (o > 0 && line[o - 1] == ' ')
 				o--;
@@ -831,6 +880,8 @@ static int im_flush(struct imap_session *s)
 		if (s->fifo == NULL)
 			s->fifo_tail = NULL;
 		s->nfifo--;
+		if (cp->starttls)
+			s->tls_go_client = 1;
 		im_capture_free(cp);
 		progress = 1;
 	}
@@ -1394,6 +1445,40 @@ static void im_line_start(struct imap_session *s, const struct imap_event *ev)
 	size_t tl = im_tag_len(ev->data, ev->len);
 	uint32_t seq;
 
+	if (!s->greeted) {
+		s->greeted = 1;
+		if (s->c.tls != NULL && s->c.tls->upstream_mode == CONN_TLS_STARTTLS &&
+		    !conn_leg_tls(&s->c.upstream)) {
+			/* RFC 3501 section 6.2.1: STARTTLS before anything else goes up
+			 */
+			char line[IM_TAG_MAX + 16];
+
+			snprintf(s->tls_tag, sizeof(s->tls_tag), "mm%s.tls", s->base.sid);
+			snprintf(line, sizeof(line), "%s STARTTLS\r\n", s->tls_tag);
+			s->up_tls_wait = 1;
+			im_write(s, 0, line, strlen(line));
+		}
+	}
+	if (s->tls_tag[0] != '\0' && tl == strlen(s->tls_tag) &&
+	    memcmp(ev->data, s->tls_tag, tl) == 0) {
+		s->tls_tag[0] = '\0';
+		s->uline = 3;
+		if (ev->len > tl + 3 && strncasecmp(ev->data + tl + 1, "OK", 2) == 0) {
+			s->tls_go_up = 1;
+		} else {
+			/* fail closed: never carry on in plaintext */
+			log_msg(
+			    LOG_LVL_WARN, s->base.sid,
+			    "imap upstream=%s refused STARTTLS: no plaintext fallback",
+			    s->c.upstream_name);
+			im_local_line(
+			    s,
+			    "* BYE [UNAVAILABLE] mailmoat: upstream TLS unavailable\r\n");
+			s->end_reason = "upstream refused STARTTLS";
+			s->close_after_flush = 1;
+		}
+		return;
+	}
 	if (tl == 1 && ev->data[0] == '*' &&
 	    imap_is_fetch_response(ev->data, ev->len, &seq)) {
 		s->cap = im_capture_new(s, 1);
@@ -1455,11 +1540,11 @@ static int im_write_line_text(struct imap_session *s, const struct imap_event *e
 	const char *d = ev->data;
 	size_t len = ev->len;
 
-	if (ev->end == IMAP_SEG_CRLF && len <= sizeof(tmp) &&
+	if (ev->end == IMAP_SEG_CRLF && len + 64 <= sizeof(tmp) &&
 	    (strncasecmp(d, "* CAPABILITY ", 13) == 0 ||
 	     memmem(d, len, "[CAPABILITY ", 12))) {
 		memcpy(tmp, d, len);
-		len = im_filter_caps(tmp, len);
+		len = im_filter_caps(s, tmp, len);
 		d = tmp;
 	}
 	if (to_fifo) {
@@ -1626,7 +1711,8 @@ static int im_upstream_input(struct imap_session *s)
 		size_t used = 0;
 		int r;
 
-		if (s->nfifo >= IM_FIFO_MAX + 1 || s->c.client.wq >= IM_WQ_HIGH ||
+		if (s->tls_go_up || s->nfifo >= IM_FIFO_MAX + 1 ||
+		    s->c.client.wq >= IM_WQ_HIGH ||
 		    im_fifo_messages(s) > im_cfg(s)->readahead)
 			break;
 		r = imap_seg_feed(&s->useg, s->uin + pos, s->c.upstream.len - pos, &used,
@@ -2173,6 +2259,28 @@ static int im_command(struct imap_session *s, const struct imap_event *ev)
 	}
 	im_tok_text(&cmd, word, sizeof(word));
 
+	if (strcasecmp(word, "STARTTLS") == 0 && im_client_tls_offered(s)) {
+		char line[IM_TAG_MAX + 48];
+
+		snprintf(line, sizeof(line), "%.*s OK Begin TLS negotiation now\r\n",
+		         (int)(tl < IM_TAG_MAX ? tl : IM_TAG_MAX), tag.text);
+		im_local_line(s, line);
+		s->fifo_tail->starttls = 1;
+		s->client_tls_wait = 1;
+		return 1; /* nothing more is read in plaintext */
+	}
+	if ((strcasecmp(word, "LOGIN") == 0 || strcasecmp(word, "AUTHENTICATE") == 0) &&
+	    s->c.tls != NULL && s->c.tls->client_mode == CONN_TLS_REQUIRED &&
+	    !conn_leg_tls(&s->c.client)) {
+		char line[IM_TAG_MAX + 96];
+
+		snprintf(line, sizeof(line),
+		         "%.*s NO [PRIVACYREQUIRED] TLS required: use STARTTLS first\r\n",
+		         (int)(tl < IM_TAG_MAX ? tl : IM_TAG_MAX), tag.text);
+		im_local_line(s, line);
+		s->cline_drop = ev->end != IMAP_SEG_CRLF;
+		return 0;
+	}
 	if (strcasecmp(word, "COMPRESS") == 0 || strcasecmp(word, "STARTTLS") == 0 ||
 	    strcasecmp(word, "URLFETCH") == 0) {
 		char line[IM_TAG_MAX + 96];
@@ -2257,6 +2365,7 @@ static int im_client_input(struct imap_session *s)
 	int progress = 0;
 
 	while (pos < s->c.client.len && !s->closing && !s->client_dead &&
+	       !s->up_tls_wait && !s->client_tls_wait &&
 	       s->c.up_state == CONN_UP_CONNECTED && s->hold == IMH_NONE &&
 	       !s->stop_when_idle && s->ncmds < IM_CMDS_MAX) {
 		struct imap_event ev;
@@ -2335,6 +2444,27 @@ static int im_client_input(struct imap_session *s)
 /* ------------------------------------------------------------------ */
 /* driving                                                             */
 
+/* Starts TLS where a STARTTLS exchange asked for it, between passes. */
+static int im_tls_go(struct imap_session *s)
+{
+	if (s->tls_go_up) {
+		s->tls_go_up = 0;
+		if (conn_start_tls(&s->c, &s->c.upstream) < 0)
+			im_close(s, "cannot start upstream TLS");
+		return 1;
+	}
+	if (s->tls_go_client && s->c.client.wq == 0) {
+		/* the OK went out in plaintext; from here on the client speaks TLS */
+		s->tls_go_client = 0;
+		imap_seg_init(&s->cseg, im_cfg(s)->spool_max_message_size);
+		s->cline_relay = s->cline_drop = 0;
+		if (conn_start_tls(&s->c, &s->c.client) < 0)
+			im_close(s, "cannot start client TLS");
+		return 1;
+	}
+	return 0;
+}
+
 static void im_run(struct imap_session *s)
 {
 	if (s->in_run) {
@@ -2349,6 +2479,7 @@ static void im_run(struct imap_session *s)
 			p |= im_append_pump(s);
 			p |= im_flush(s);
 			p |= im_client_input(s);
+			p |= im_tls_go(s);
 			if (!p)
 				break;
 		}
@@ -2452,7 +2583,29 @@ static void im_on_connected(struct conn_pair *p, int status)
 	im_run(s);
 }
 
+static void im_on_tls_done(struct conn_pair *p, struct conn_leg *leg, int status)
+{
+	struct imap_session *s = im_of(p);
+
+	if (leg == &p->client) {
+		if (status < 0) {
+			im_close(s, "client TLS failed");
+			return;
+		}
+		s->client_tls_wait = 0;
+	} else if (status < 0) {
+		conn_write(&s->c, &s->c.client,
+		           "* BYE [UNAVAILABLE] mailmoat: upstream TLS failed\r\n", 50);
+		s->end_reason = "upstream TLS failed";
+		s->close_after_flush = 1;
+	} else {
+		s->up_tls_wait = 0;
+	}
+	im_run(s);
+}
+
 static const struct conn_ops im_conn_ops = {
+    .tls_done = im_on_tls_done,
     .connected = im_on_connected,
     .read = im_on_read,
     .written = im_on_written,
