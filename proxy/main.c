@@ -19,6 +19,7 @@
 #include "policy/notice.h"
 #include "policy/quarantine.h"
 #include "proxy/log.h"
+#include "proxy/notify.h"
 #include "proxy/server.h"
 #include "scanners/scan.h"
 
@@ -77,6 +78,7 @@ static int main_run(const char *path)
 	scan_engine_unref(&engine); /* the server holds its own reference */
 	if (r == 0) {
 		log_msg(LOG_LVL_INFO, NULL, "ready");
+		notify_send("READY=1\nSTATUS=scanning mail");
 		uv_run(loop, UV_RUN_DEFAULT);
 		log_msg(LOG_LVL_INFO, NULL, "stopped");
 	} else {

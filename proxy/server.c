@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "proxy/log.h"
+#include "proxy/notify.h"
 #include "proxy/vcache.h"
 #include "scanners/scan.h"
 
@@ -68,6 +69,12 @@ static void server_on_signal(uv_signal_t *sig, int signum)
 	server_stop(srv);
 }
 
+static void server_on_watchdog(uv_timer_t *t)
+{
+	(void)t;
+	notify_send("WATCHDOG=1");
+}
+
 static void server_on_grace(uv_timer_t *t)
 {
 	struct server *srv = t->data;
@@ -90,6 +97,12 @@ int server_start(struct server *srv, uv_loop_t *loop, const struct config *cfg,
 
 	memset(srv, 0, sizeof(*srv));
 	srv->loop = loop;
+	/* every handle server_stop closes exists from here on, even on failure */
+	uv_signal_init(loop, &srv->sig_term);
+	uv_signal_init(loop, &srv->sig_int);
+	srv->sig_term.data = srv->sig_int.data = srv;
+	uv_timer_init(loop, &srv->watchdog);
+	srv->watchdog.data = srv;
 	srv->cfg = cfg;
 	scan_engine_ref(engine);
 	srv->engine = engine;
@@ -111,11 +124,12 @@ int server_start(struct server *srv, uv_loop_t *loop, const struct config *cfg,
 	}
 	if (server_drop_privileges(cfg) < 0)
 		return -1;
-	uv_signal_init(loop, &srv->sig_term);
-	uv_signal_init(loop, &srv->sig_int);
-	srv->sig_term.data = srv->sig_int.data = srv;
 	uv_signal_start(&srv->sig_term, server_on_signal, SIGTERM);
 	uv_signal_start(&srv->sig_int, server_on_signal, SIGINT);
+	/* systemd: the watchdog at half its interval (sd_watchdog_enabled(3)) */
+	if (notify_watchdog_ms() > 0)
+		uv_timer_start(&srv->watchdog, server_on_watchdog,
+		               notify_watchdog_ms() / 2, notify_watchdog_ms() / 2);
 	signal(SIGPIPE, SIG_IGN);
 	return 0;
 }
@@ -127,6 +141,9 @@ void server_stop(struct server *srv)
 	if (srv->stopping)
 		return;
 	srv->stopping = 1;
+	notify_send("STOPPING=1\nSTATUS=stopping: ending sessions");
+	if (!uv_is_closing((uv_handle_t *)&srv->watchdog))
+		uv_close((uv_handle_t *)&srv->watchdog, NULL);
 	for (unsigned i = 0; i < srv->n_listeners; i++)
 		lsn_close(&srv->listeners[i]);
 	uv_close((uv_handle_t *)&srv->sig_term, NULL);

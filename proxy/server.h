@@ -44,6 +44,7 @@ struct server {
 	unsigned n_listeners;
 	uv_signal_t sig_term, sig_int;
 	uv_timer_t grace_timer;
+	uv_timer_t watchdog; /* systemd WATCHDOG=1 pings */
 };
 
 /*
