@@ -53,14 +53,7 @@ static int main_run(const char *path)
 		return 1;
 	}
 	notice_global_init();
-	memset(&lim, 0, sizeof(lim));
-	lim.max_filesize = cfg->clamav_max_filesize;
-	lim.max_scansize = cfg->clamav_max_scansize;
-	lim.max_recursion = cfg->clamav_max_recursion;
-	lim.max_files = cfg->clamav_max_files;
-	lim.max_scantime_ms = cfg->clamav_max_scantime_ms;
-	lim.mime_split_above = cfg->clamav_mime_split_above;
-	snprintf(lim.tmpdir, sizeof(lim.tmpdir), "%s", cfg->spool_dir);
+	server_scan_limits(cfg, &lim);
 	if (scan_engine_load(cfg->clamav_database, &lim, &engine, err, sizeof(err)) < 0) {
 		log_msg(LOG_LVL_ERROR, NULL, "cannot start: %s", err);
 		config_free(&cfg);

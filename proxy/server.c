@@ -69,6 +69,73 @@ static void server_on_signal(uv_signal_t *sig, int signum)
 	server_stop(srv);
 }
 
+void server_scan_limits(const struct config *cfg, struct scan_limits *lim)
+{
+	memset(lim, 0, sizeof(*lim));
+	lim->max_filesize = cfg->clamav_max_filesize;
+	lim->max_scansize = cfg->clamav_max_scansize;
+	lim->max_recursion = cfg->clamav_max_recursion;
+	lim->max_files = cfg->clamav_max_files;
+	lim->max_scantime_ms = cfg->clamav_max_scantime_ms;
+	lim->mime_split_above = cfg->clamav_mime_split_above;
+	snprintf(lim->tmpdir, sizeof(lim->tmpdir), "%s", cfg->spool_dir);
+}
+
+/* Loads the databases anew on the thread pool: the loop never waits for it. */
+static void server_reload_work(uv_work_t *req)
+{
+	struct server *srv = req->data;
+	struct scan_limits lim;
+
+	server_scan_limits(srv->cfg, &lim);
+	if (scan_engine_load(srv->cfg->clamav_database, &lim, &srv->reload_engine,
+	                     srv->reload_err, sizeof(srv->reload_err)) < 0)
+		srv->reload_engine = NULL;
+}
+
+/*
+ * Swaps the new engine in: scans already running keep the old one (they
+ * hold a reference) and it goes with the last of them; cached verdicts of
+ * the old generation are stale from now on.
+ */
+static void server_reload_done(uv_work_t *req, int status)
+{
+	struct server *srv = req->data;
+
+	srv->reloading = 0;
+	if (status < 0 || srv->reload_engine == NULL) {
+		log_msg(LOG_LVL_ERROR, NULL,
+		        "signature reload failed, keeping the old engine: %s",
+		        status < 0 ? uv_strerror(status) : srv->reload_err);
+		notify_send("READY=1\nSTATUS=reload failed, old signatures in use");
+		return;
+	}
+	scan_engine_unref(&srv->engine);
+	srv->engine = srv->reload_engine;
+	srv->reload_engine = NULL;
+	log_msg(LOG_LVL_INFO, NULL, "signatures reloaded signatures=%u",
+	        scan_engine_signatures(srv->engine));
+	notify_send("READY=1\nSTATUS=scanning mail");
+}
+
+/* SIGHUP (systemctl reload; after freshclam): new signatures, no pause. */
+static void server_on_hup(uv_signal_t *sig, int signum)
+{
+	struct server *srv = sig->data;
+
+	(void)signum;
+	if (srv->reloading || srv->stopping)
+		return;
+	srv->reloading = 1;
+	srv->reload.data = srv;
+	log_msg(LOG_LVL_INFO, NULL, "signal=HUP reloading signatures dir=%s",
+	        srv->cfg->clamav_database);
+	notify_send("RELOADING=1");
+	if (uv_queue_work(srv->loop, &srv->reload, server_reload_work,
+	                  server_reload_done) < 0)
+		srv->reloading = 0;
+}
+
 static void server_on_watchdog(uv_timer_t *t)
 {
 	(void)t;
@@ -103,6 +170,8 @@ int server_start(struct server *srv, uv_loop_t *loop, const struct config *cfg,
 	srv->sig_term.data = srv->sig_int.data = srv;
 	uv_timer_init(loop, &srv->watchdog);
 	srv->watchdog.data = srv;
+	uv_signal_init(loop, &srv->sig_hup);
+	srv->sig_hup.data = srv;
 	srv->cfg = cfg;
 	scan_engine_ref(engine);
 	srv->engine = engine;
@@ -126,6 +195,7 @@ int server_start(struct server *srv, uv_loop_t *loop, const struct config *cfg,
 		return -1;
 	uv_signal_start(&srv->sig_term, server_on_signal, SIGTERM);
 	uv_signal_start(&srv->sig_int, server_on_signal, SIGINT);
+	uv_signal_start(&srv->sig_hup, server_on_hup, SIGHUP);
 	/* systemd: the watchdog at half its interval (sd_watchdog_enabled(3)) */
 	if (notify_watchdog_ms() > 0)
 		uv_timer_start(&srv->watchdog, server_on_watchdog,
@@ -148,6 +218,7 @@ void server_stop(struct server *srv)
 		lsn_close(&srv->listeners[i]);
 	uv_close((uv_handle_t *)&srv->sig_term, NULL);
 	uv_close((uv_handle_t *)&srv->sig_int, NULL);
+	uv_close((uv_handle_t *)&srv->sig_hup, NULL);
 	uv_timer_init(srv->loop, &srv->grace_timer);
 	srv->grace_timer.data = srv;
 	uv_timer_start(&srv->grace_timer, server_on_grace,

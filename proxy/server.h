@@ -13,6 +13,7 @@
 #include <uv.h>
 
 #include "policy/config.h"
+#include "scanners/scan.h"
 #include "proxy/conn.h"
 
 struct scan_engine;
@@ -45,6 +46,11 @@ struct server {
 	uv_signal_t sig_term, sig_int;
 	uv_timer_t grace_timer;
 	uv_timer_t watchdog; /* systemd WATCHDOG=1 pings */
+	uv_signal_t sig_hup; /* reload the signature databases */
+	uv_work_t reload;
+	struct scan_engine *reload_engine; /* the new engine, on the pool */
+	char reload_err[256];
+	int reloading;
 };
 
 /*
@@ -54,6 +60,9 @@ struct server {
  */
 int server_start(struct server *srv, uv_loop_t *loop, const struct config *cfg,
                  struct scan_engine *engine);
+
+/* The scanner's limits from the configuration (start-up and reloads). */
+void server_scan_limits(const struct config *cfg, struct scan_limits *lim);
 
 /* Releases what server_start took, after uv_run has returned. */
 void server_cleanup(struct server *srv);

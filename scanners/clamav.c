@@ -22,11 +22,15 @@
 #include "proxy/log.h"
 #include "scanners/mime.h"
 
+/* Engine loads so far: each compiled engine gets its own generation. */
+static atomic_uint clam_generation;
+
 struct scan_engine {
 	atomic_int refs;
 	struct cl_engine *cl;
 	unsigned sigs;
-	unsigned db_version;
+	unsigned db_version; /* libclamav's database version (the .cvd's) */
+	unsigned generation; /* this load: every reload makes a new one */
 	struct scan_limits lim;
 };
 
@@ -171,6 +175,7 @@ int scan_engine_load(const char *dbdir, const struct scan_limits *lim,
 		return -1;
 	}
 	eng->db_version = (unsigned)cl_engine_get_num(eng->cl, CL_ENGINE_DB_VERSION, &e);
+	eng->generation = (unsigned)atomic_fetch_add(&clam_generation, 1) + 1;
 	log_msg(LOG_LVL_INFO, NULL,
 	        "clamav engine loaded dir=%s files=%u signatures=%u db_version=%u "
 	        "libclamav=%s",
@@ -207,7 +212,8 @@ void scan_engine_unref(struct scan_engine **engp)
 
 unsigned scan_engine_db_version(const struct scan_engine *eng)
 {
-	return eng->db_version;
+	/* what verdicts are tied to: a reload (new signatures) invalidates them */
+	return eng->generation;
 }
 
 unsigned scan_engine_signatures(const struct scan_engine *eng)
@@ -262,7 +268,7 @@ static void clam_verdict(cl_error_t r, const char *virname, const struct clam_ct
 static void clam_begin(struct scan_engine *eng, struct scan_verdict *v)
 {
 	memset(v, 0, sizeof(*v));
-	v->db_version = eng->db_version;
+	v->db_version = eng->generation;
 }
 
 void scan_buffer(struct scan_engine *eng, const void *data, size_t len,

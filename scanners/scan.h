@@ -26,7 +26,7 @@ struct scan_verdict {
 	char signature[SCAN_SIG_MAX]; /* INFECTED: the signature name */
 	char error[SCAN_ERR_MAX]; /* ERROR: what went wrong (a limit, a time-out...) */
 	uint64_t scan_ms;         /* wall time of the scan */
-	unsigned db_version;      /* signature database version of the engine */
+	unsigned db_version; /* the engine's generation: changes with every (re)load */
 };
 
 /* ClamAV's own limits; 0 keeps libclamav's default for that limit. */
@@ -65,7 +65,10 @@ void scan_engine_ref(struct scan_engine *eng);
 /* Drops a reference, NULLs *engp; frees the engine on the last one. */
 void scan_engine_unref(struct scan_engine **engp);
 
-/* The signature database version the engine was compiled from. */
+/*
+ * The engine's generation: different for every load, so a verdict cached
+ * with one is stale once new signatures are in.
+ */
 unsigned scan_engine_db_version(const struct scan_engine *eng);
 
 /* Number of signatures compiled into the engine. */
