@@ -763,6 +763,12 @@ static void set_address(struct load_ctx *ctx, const struct field *f, const yaml_
 	v = want_scalar(ctx, n, name, &len);
 	if (v == NULL)
 		return;
+	if (f->kind == FK_HOST_PORT && len == 11 && memcmp(v, "transparent", 11) == 0) {
+		/* the original destination of each redirected connection */
+		snprintf((char *)base + f->off, f->len, "transparent");
+		*(uint16_t *)((char *)base + f->off2) = 0;
+		return;
+	}
 	if (memchr(v, '\0', len) != NULL ||
 	    parse_hostport(v, len, f->kind == FK_LISTEN_ADDR, (char *)base + f->off,
 	                   f->len, &port, &why) < 0) {

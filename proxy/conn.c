@@ -10,6 +10,12 @@
 #include "proxy/conn.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <linux/netfilter_ipv4.h>
+#include <linux/netfilter_ipv6/ip6_tables.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/x509v3.h>
@@ -462,6 +468,31 @@ static void conn_on_connect(uv_connect_t *req, int status)
 	p->ops->connected(p, 0);
 }
 
+/*
+ * Connects the upstream leg to sa from a socket of our own, marked so the
+ * router's rules never redirect the proxy's traffic back into it (the
+ * shipped nftables rules skip CONN_FWMARK). Marking needs CAP_NET_ADMIN;
+ * without it the connection goes on unmarked (rules by address still work).
+ */
+static int conn_connect_addr(struct conn_pair *p, const struct sockaddr *sa)
+{
+	int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	unsigned mark = CONN_FWMARK;
+	int r;
+
+	if (fd < 0)
+		return -errno;
+	if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) < 0)
+		log_msg(LOG_LVL_DEBUG, p->sid, "upstream socket not marked: %s",
+		        strerror(errno));
+	r = uv_tcp_open(&p->upstream.tcp, fd);
+	if (r < 0) {
+		close(fd);
+		return r;
+	}
+	return uv_tcp_connect(&p->connreq, &p->upstream.tcp, sa, conn_on_connect);
+}
+
 static void conn_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *ai)
 {
 	struct conn_pair *p = req->data;
@@ -481,10 +512,49 @@ static void conn_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo 
 		conn_on_connect(&p->connreq, status);
 		return;
 	}
-	r = uv_tcp_connect(&p->connreq, &p->upstream.tcp, ai->ai_addr, conn_on_connect);
+	r = conn_connect_addr(p, ai->ai_addr);
 	uv_freeaddrinfo(ai);
 	if (r < 0)
 		conn_on_connect(&p->connreq, r);
+}
+
+int conn_pair_connect_original(struct conn_pair *p, unsigned timeout_s)
+{
+	struct sockaddr_storage dst, local;
+	socklen_t dl = sizeof(dst), ll = sizeof(local);
+	uv_os_fd_t fd;
+	int r;
+
+	p->connect_timeout_ms = (uint64_t)timeout_s * 1000u;
+	p->up_state = CONN_UP_GONE; /* until the connect is under way */
+	if (uv_fileno((uv_handle_t *)&p->client.tcp, &fd) < 0 ||
+	    getsockname(fd, (struct sockaddr *)&local, &ll) < 0)
+		return UV_EINVAL;
+	/* where the client meant to go, before the router's REDIRECT */
+	if (local.ss_family == AF_INET6)
+		r = getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &dst, &dl);
+	else
+		r = getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &dst, &dl);
+	if (r < 0) {
+		log_msg(LOG_LVL_WARN, p->sid, "%s no original destination: %s", p->proto,
+		        strerror(errno));
+		return UV_ENOTCONN;
+	}
+	lsn_addr_str((struct sockaddr *)&dst, p->upstream_name, sizeof(p->upstream_name));
+	/* not redirected (a client aimed at the proxy itself): never connect to ourselves
+	 */
+	if (dl == ll && memcmp(&dst, &local, dl) == 0) {
+		log_msg(
+		    LOG_LVL_WARN, p->sid,
+		    "%s transparent listener reached directly, not through a redirect",
+		    p->proto);
+		return UV_ELOOP;
+	}
+	p->up_state = CONN_UP_CONNECTING;
+	r = conn_connect_addr(p, (struct sockaddr *)&dst);
+	if (r < 0)
+		p->up_state = CONN_UP_GONE;
+	return r;
 }
 
 int conn_pair_connect(struct conn_pair *p, const char *host, uint16_t port,

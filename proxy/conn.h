@@ -161,6 +161,18 @@ int conn_start_tls(struct conn_pair *p, struct conn_leg *leg);
 /* True when leg carries TLS (up or being negotiated). */
 int conn_leg_tls(const struct conn_leg *leg);
 
+/* The firewall mark of the proxy's own upstream connections ("MM"). */
+#define CONN_FWMARK 0x4d4d
+
+/*
+ * Transparent mode: connects the upstream leg to the client connection's
+ * original destination (SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST after a
+ * REDIRECT). A connection that was not redirected is refused (it would
+ * loop into the proxy). ops->connected reports the outcome when 0 is
+ * returned.
+ */
+int conn_pair_connect_original(struct conn_pair *p, unsigned timeout_s);
+
 /* Queues a copy of len bytes on leg. Returns 0 or a libuv error (< 0). */
 int conn_write(struct conn_pair *p, struct conn_leg *leg, const char *data, size_t len);
 

@@ -2640,8 +2640,10 @@ int imap_session_accept(struct server *srv, const struct cfg_listener *lcfg,
 		im_close(s, "accept failed");
 		return -1;
 	}
-	r = conn_pair_connect(&s->c, lcfg->upstream_host, lcfg->upstream_port,
-	                      srv->cfg->timeout_connect);
+	r = lcfg->upstream_port == 0
+	        ? conn_pair_connect_original(&s->c, srv->cfg->timeout_connect)
+	        : conn_pair_connect(&s->c, lcfg->upstream_host, lcfg->upstream_port,
+	                            srv->cfg->timeout_connect);
 	log_msg(LOG_LVL_INFO, s->base.sid, "imap connect client=%s upstream=%s",
 	        s->c.peer, s->c.upstream_name);
 	if (r < 0) {

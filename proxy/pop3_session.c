@@ -1442,8 +1442,10 @@ int pop3_session_accept(struct server *srv, const struct cfg_listener *lcfg,
 		p3_close(s, "accept failed");
 		return -1;
 	}
-	r = conn_pair_connect(&s->c, lcfg->upstream_host, lcfg->upstream_port,
-	                      srv->cfg->timeout_connect);
+	r = lcfg->upstream_port == 0
+	        ? conn_pair_connect_original(&s->c, srv->cfg->timeout_connect)
+	        : conn_pair_connect(&s->c, lcfg->upstream_host, lcfg->upstream_port,
+	                            srv->cfg->timeout_connect);
 	log_msg(LOG_LVL_INFO, s->base.sid, "pop3 connect client=%s upstream=%s",
 	        s->c.peer, s->c.upstream_name);
 	if (p3_slot_add(s, P3K_GREETING) == NULL)
