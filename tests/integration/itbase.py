@@ -335,3 +335,181 @@ def chunked_fetch(conn, uid, chunk, past_end=False, limit=1 << 31):
                 continue
             break
     return bytes(got), size, len(lens), lens
+
+
+# ----------------------------------------------------------------- TLS ----
+#
+# The fixture Dovecot also serves POP3S and IMAPS (st["pop3s_port"],
+# st["imaps_port"]) with a certificate of the test CA for mail.test.example
+# and 127.0.0.1; st["pki"] holds the test PKI (mmharness.make_test_pki).
+
+import re  # noqa: E402
+import socket  # noqa: E402
+import ssl  # noqa: E402
+import time  # noqa: E402
+
+
+class Pop3Tls(poplib.POP3_SSL):
+    """poplib.POP3_SSL to 127.0.0.1:port that sends and verifies
+    server_hostname (POP3_SSL would use the address it connects to)."""
+
+    def __init__(self, port, server_hostname, context, timeout=60):
+        self._tls_name = server_hostname
+        super().__init__(mh.HOST, port, context=context, timeout=timeout)
+
+    def _create_socket(self, timeout):
+        return mh.tls_connect(self.port, self.context, self._tls_name, timeout=timeout)
+
+
+class Imap4Tls(imaplib.IMAP4_SSL):
+    """imaplib.IMAP4_SSL to 127.0.0.1:port, sending and verifying
+    server_hostname."""
+
+    def __init__(self, port, server_hostname, context, timeout=120):
+        self._tls_name = server_hostname
+        super().__init__(mh.HOST, port, ssl_context=context, timeout=timeout)
+
+    def _create_socket(self, timeout):
+        return mh.tls_connect(self.port, self.ssl_context, self._tls_name, timeout=timeout)
+
+
+def read_until_close(sock, timeout=20.0, limit=1 << 20):
+    """Reads from sock until the peer closes it. Returns (bytes, closed):
+    closed is False when timeout passed first. A TLS peer that closes
+    without close_notify counts as closed."""
+    deadline = time.monotonic() + timeout
+    data = bytearray()
+    while len(data) < limit:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return bytes(data), False
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            return bytes(data), False
+        except (ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            return bytes(data), True
+        if not chunk:
+            return bytes(data), True
+        data += chunk
+    return bytes(data), False
+
+
+class TlsMixin:
+    """For test classes that are also a ProxyCase (or ImapCase): the test
+    PKI, client contexts, listener keys and multi-listener proxies. Call
+    tls_setup() from setUpClass, after the ProxyCase one."""
+
+    @classmethod
+    def tearDownClass(cls):
+        """Stops the class's proxies; one that crashed or did not exit 0
+        on SIGTERM (a sanitizer report) is an error of the class."""
+        bad = []
+        for p in getattr(cls, "_class_proxies", []):
+            was_alive = p.alive()
+            rc = p.stop()
+            if not was_alive or rc != 0:
+                bad.append("%s: %s, status %s; log tail:\n%s" % (
+                    p.workdir, "exited during the tests" if not was_alive else "unclean exit",
+                    p.returncode, p.log_text()[-3000:]))
+        super().tearDownClass()
+        if bad:
+            raise AssertionError("\n".join(bad))
+
+    @classmethod
+    def tls_setup(cls):
+        if "pop3s_port" not in cls.st or "pki" not in cls.st:
+            raise unittest.SkipTest("the fixture Dovecot serves no POP3S/IMAPS (old state.json?)")
+        cls.pki = cls.st["pki"]
+        cls.pop3s_up = cls.st["pop3s_port"]
+        cls.imaps_up = cls.st["imaps_port"]
+        cls.client_ctx = mh.tls_client_context(cls.pki["ca"])
+
+    # ---- listener keys ----
+
+    @classmethod
+    def tls_listener_keys(cls):
+        """tls: implicit with the proxy's certificate chain (leaf and
+        intermediate: clients trust only the root)."""
+        return {"tls": "implicit", "certificate": cls.pki["proxy_fullchain"],
+                "key": cls.pki["proxy_key"]}
+
+    @classmethod
+    def tls_upstream_keys(cls, name=mh.TLS_UPSTREAM_NAME, ca=None, **more):
+        """upstream_tls: implicit, verified against the test CA (or ca) for
+        name (None: no upstream_name key); more keys as given."""
+        k = {"upstream_tls": "implicit", "upstream_ca": ca or cls.pki["ca"]}
+        if name is not None:
+            k["upstream_name"] = name
+        k.update(more)
+        return k
+
+    @classmethod
+    def class_proxy_listeners(cls, name, listeners, **cfg):
+        """A mailmoat for the whole class. listeners: [(protocol,
+        upstream_port, listener keys)]."""
+        p = mh.Mailmoat(os.path.join(cls._tmp, name),
+                        [(proto, port, None, keys) for proto, port, keys in listeners], **cfg).start()
+        cls._class_proxies.append(p)
+        return p
+
+    def start_proxy_listeners(self, listeners, name=None, **cfg):
+        """A mailmoat for this test only (checked at clean-up like
+        start_proxy). listeners: [(protocol, upstream_port, listener keys)]."""
+        name = name or self._testMethodName
+        p = mh.Mailmoat(os.path.join(self._tmp, name),
+                        [(proto, port, None, keys) for proto, port, keys in listeners], **cfg)
+        p.start()
+        self.addCleanup(self._stop_checked, p)
+        return p
+
+    # ---- clients ----
+
+    def proxy_tls(self, port, timeout=60.0, name=mh.TLS_PROXY_NAME):
+        """A verified TLS connection to a proxy's TLS listener."""
+        return mh.tls_connect(port, self.client_ctx, name, timeout=timeout)
+
+    def raw_pop3_tls(self, port, name=mh.TLS_PROXY_NAME):
+        return mh.RawPop3(port, tls=self.client_ctx, server_hostname=name)
+
+    def raw_imap_tls(self, port, name=mh.TLS_PROXY_NAME):
+        return mh.RawImap(port, timeout=120, tls=self.client_ctx, server_hostname=name)
+
+    def fetch_all_tls(self, port, user, top=None, name=mh.TLS_PROXY_NAME):
+        u, pw = self.user(user)
+        return mh.fetch_all_raw(port, u, pw, top=top, tls=self.client_ctx, server_hostname=name)
+
+    # ---- log ----
+
+    @staticmethod
+    def warn_lines(proxy, pattern=None, sessions_only=False):
+        """The proxy's log lines at level warn or error (matching the
+        regular expression pattern, case-insensitive, when given; only
+        those of sessions, not the process's "-" lines, with
+        sessions_only)."""
+        out_ = []
+        for e in proxy.log_events():
+            if sessions_only and e["_words"][2:3] == ["-"]:
+                continue
+            if e["_words"][1:2] in (["warn"], ["error"]):
+                if pattern is None or re.search(pattern, e["_line"], re.I):
+                    out_.append(e["_line"])
+        return out_
+
+
+def legacy_tls_context(server=False, cert=None, key=None, cafile=None):
+    """A context limited to TLS 1.0 and 1.1 (security level 0, so that this
+    OpenSSL still speaks them): a client or server mailmoat must refuse."""
+    import warnings
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    if cafile:
+        ctx.load_verify_locations(cafile)
+    return ctx
