@@ -14,7 +14,7 @@ SRC=$(pwd)
 
 PACKAGES=(build-essential cmake pkg-config libuv1-dev libssl-dev libclamav-dev check
           libyaml-dev libgmime-3.0-dev dovecot-core dovecot-pop3d dovecot-imapd
-          clamav-testfiles python3 fetchmail curl isync clang libclang-rt-14-dev zip openssl)
+          clamav-testfiles python3 fetchmail curl isync clang libclang-rt-14-dev zip openssl nftables iproute2)
 
 if [ "$(id -u)" -ne 0 ]; then
 	echo "test.sh: run as root (it installs packages and starts Dovecot)" >&2

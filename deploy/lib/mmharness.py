@@ -14,7 +14,8 @@ Used by deploy/demo.py and tests/integration/. It owns:
 - a raw POP3 client that keeps the exact wire bytes, and a parser for the
   key=value log lines.
 
-Nothing here talks to anything but 127.0.0.1.
+Nothing here talks to anything but 127.0.0.1 (a Dovecot can also run in
+a network namespace a test made, on an address the test gave it there).
 """
 
 import base64
@@ -67,12 +68,13 @@ def free_port():
     return free_ports(1)[0]
 
 
-def port_listening(port, host=HOST):
+def port_listening(port, host=HOST, pid=None):
     """True when some socket LISTENs on host:port (read from /proc/net/tcp,
-    so that checking opens no connection and creates no session)."""
+    so that checking opens no connection and creates no session). With pid,
+    looks in that process's network namespace (/proc/PID/net/tcp)."""
     want = "%s:%04X" % ("".join("%02X" % int(b) for b in reversed(host.split("."))), port)
     try:
-        with open("/proc/net/tcp") as f:
+        with open("/proc/%d/net/tcp" % pid if pid else "/proc/net/tcp") as f:
             next(f)
             for line in f:
                 parts = line.split()
@@ -86,18 +88,18 @@ def port_listening(port, host=HOST):
     return False
 
 
-def wait_port(port, timeout=15.0, proc=None, what="service"):
-    """Waits until port listens on 127.0.0.1. Raises RuntimeError on time-out
-    or when proc (a Popen) exits first."""
+def wait_port(port, timeout=15.0, proc=None, what="service", host=HOST, pid=None):
+    """Waits until port listens on host (127.0.0.1). Raises RuntimeError on
+    time-out or when proc (a Popen) exits first. pid: see port_listening."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if port_listening(port):
+        if port_listening(port, host, pid):
             return
         if proc is not None and proc.poll() is not None:
             raise RuntimeError("%s exited with status %s before listening on %d"
                                % (what, proc.returncode, port))
         time.sleep(0.02)
-    raise RuntimeError("%s did not listen on %s:%d within %.0f s" % (what, HOST, port, timeout))
+    raise RuntimeError("%s did not listen on %s:%d within %.0f s" % (what, host, port, timeout))
 
 
 def pid_alive(pid):
@@ -354,12 +356,19 @@ class Dovecot:
     first byte) on free ports, self.pop3s_port and self.imaps_port.
     sni_certs: {server name: (cert, key)}, served to clients that send
     that name as SNI (Dovecot's local_name blocks).
+    listen_host: the address every listener binds (127.0.0.1).
+    netns: the name of a network namespace (ip netns) to run Dovecot in,
+    started with `ip netns exec NETNS`; give the ports explicitly then
+    (free ones are picked on this namespace's loopback).
     """
 
     def __init__(self, workdir, users, pop3_port=None, imap_port=None, tls=False,
                  compress=False, implicit_tls=False, ssl_cert=None, ssl_key=None,
-                 sni_certs=None, pop3s_port=None, imaps_port=None):
+                 sni_certs=None, pop3s_port=None, imaps_port=None, listen_host=HOST,
+                 netns=None):
         self.workdir = os.path.abspath(workdir)
+        self.listen_host = listen_host
+        self.netns = netns
         self.tls = tls or implicit_tls
         self.implicit_tls = implicit_tls
         self.ssl_cert = ssl_cert
@@ -478,7 +487,7 @@ base_dir = {base}
 state_dir = {state}
 log_path = {log}
 info_log_path = {log}
-listen = 127.0.0.1
+listen = {host}
 protocols = pop3 imap
 {ssl}
 disable_plaintext_auth = no
@@ -495,7 +504,7 @@ userdb {{
 mail_location = maildir:~/Maildir
 service pop3-login {{
   inet_listener pop3 {{
-    address = 127.0.0.1
+    address = {host}
     port = {pop3}
   }}
   inet_listener pop3s {{
@@ -504,7 +513,7 @@ service pop3-login {{
 }}
 service imap-login {{
   inet_listener imap {{
-    address = 127.0.0.1
+    address = {host}
     port = {imap}
   }}
   inet_listener imaps {{
@@ -525,19 +534,20 @@ protocol pop3 {{
 protocol imap {{
   mail_max_userip_connections = 100{imap_plugins}
 }}
-""".format(base=self.base_dir, state=self.state_dir, log=self.log_path,
+""".format(host=self.listen_host, base=self.base_dir, state=self.state_dir, log=self.log_path,
            users=self.users_path, pop3=self.pop3_port, imap=self.imap_port, ssl=ssl,
-           pop3s=self._tls_listener(self.pop3s_port), imaps=self._tls_listener(self.imaps_port),
+           pop3s=self._tls_listener(self.pop3s_port, self.listen_host),
+           imaps=self._tls_listener(self.imaps_port, self.listen_host),
            imap_plugins="\n  mail_plugins = $mail_plugins imap_zlib" if self.compress else "")
         with open(self.config_path, "w") as f:
             f.write(conf)
         os.chmod(self.config_path, 0o644)
 
     @staticmethod
-    def _tls_listener(port):
+    def _tls_listener(port, host=HOST):
         if not port:
             return "    port = 0"
-        return "    address = 127.0.0.1\n    port = %d\n    ssl = yes" % port
+        return "    address = %s\n    port = %d\n    ssl = yes" % (host, port)
 
     def start(self, timeout=20.0):
         """Starts Dovecot (it daemonizes) and waits until its ports listen.
@@ -549,7 +559,8 @@ protocol imap {{
         # so its output goes to a file (a pipe would never see EOF).
         out_path = os.path.join(self.workdir, "dovecot.start.out")
         with open(out_path, "wb") as out:
-            r = subprocess.run([DOVECOT_BIN, "-c", self.config_path],
+            netns = ["ip", "netns", "exec", self.netns] if self.netns else []
+            r = subprocess.run(netns + [DOVECOT_BIN, "-c", self.config_path],
                                stdin=subprocess.DEVNULL, stdout=out, stderr=out)
         if r.returncode != 0:
             with open(out_path, errors="replace") as f:
@@ -569,12 +580,15 @@ protocol imap {{
             time.sleep(0.02)
         if self.pid is None:
             raise RuntimeError("dovecot wrote no master.pid\n" + self.log_tail())
+        # Listening sockets are looked up in the master's own network
+        # namespace (its /proc/PID/net/tcp) when it runs in another one.
+        where = {"host": self.listen_host, "pid": self.pid if self.netns else None}
         try:
-            wait_port(self.pop3_port, max(1.0, deadline - time.monotonic()), what="dovecot pop3")
-            wait_port(self.imap_port, max(1.0, deadline - time.monotonic()), what="dovecot imap")
+            wait_port(self.pop3_port, max(1.0, deadline - time.monotonic()), what="dovecot pop3", **where)
+            wait_port(self.imap_port, max(1.0, deadline - time.monotonic()), what="dovecot imap", **where)
             for port, what in ((self.pop3s_port, "dovecot pop3s"), (self.imaps_port, "dovecot imaps")):
                 if port:
-                    wait_port(port, max(1.0, deadline - time.monotonic()), what=what)
+                    wait_port(port, max(1.0, deadline - time.monotonic()), what=what, **where)
         except RuntimeError:
             self.stop()
             raise RuntimeError("dovecot did not listen\n" + self.log_tail())
@@ -594,7 +608,7 @@ protocol imap {{
 
     def state(self):
         st = {"pid": self.pid, "workdir": self.workdir, "config": self.config_path,
-              "log": self.log_path, "host": HOST, "pop3_port": self.pop3_port,
+              "log": self.log_path, "host": self.listen_host, "pop3_port": self.pop3_port,
               "imap_port": self.imap_port}
         if self.implicit_tls:
             st["pop3s_port"] = self.pop3s_port
