@@ -101,9 +101,19 @@ int lsn_open(struct lsn *l, struct server *srv, const struct cfg_listener *lcfg)
 		l->closed = 1;
 		return -1;
 	}
-	log_msg(LOG_LVL_INFO, NULL, "listening protocol=%s listen=%s:%u upstream=%s:%u",
-	        cfg_protocol_name(lcfg->protocol), lcfg->listen_host, lcfg->listen_port,
-	        lcfg->upstream_host, lcfg->upstream_port);
+	if (lcfg->upstream_port == 0)
+		log_msg(LOG_LVL_INFO, NULL,
+		        "listening protocol=%s listen=%s:%u upstream=transparent tls=%s "
+		        "upstream_tls=%s",
+		        cfg_protocol_name(lcfg->protocol), lcfg->listen_host,
+		        lcfg->listen_port, lcfg->tls, lcfg->upstream_tls);
+	else
+		log_msg(LOG_LVL_INFO, NULL,
+		        "listening protocol=%s listen=%s:%u upstream=%s:%u tls=%s "
+		        "upstream_tls=%s",
+		        cfg_protocol_name(lcfg->protocol), lcfg->listen_host,
+		        lcfg->listen_port, lcfg->upstream_host, lcfg->upstream_port,
+		        lcfg->tls, lcfg->upstream_tls);
 	return 0;
 }
 
