@@ -518,6 +518,27 @@ static void conn_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo 
 		conn_on_connect(&p->connreq, r);
 }
 
+int conn_pair_open(struct conn_pair *p, uv_stream_t *listener,
+                   const struct cfg_listener *lc, unsigned timeout_s, int *connect_r)
+{
+	int r;
+
+	conn_pair_set_tls(p, &((struct lsn *)listener->data)->tls);
+	r = conn_pair_accept(p, listener);
+	if (r < 0)
+		return r;
+	*connect_r =
+	    lc->upstream_port == 0
+	        ? conn_pair_connect_original(p, timeout_s)
+	        : conn_pair_connect(p, lc->upstream_host, lc->upstream_port, timeout_s);
+	log_msg(LOG_LVL_INFO, p->sid, "%s connect client=%s upstream=%s", p->proto,
+	        p->peer, p->upstream_name);
+	if (*connect_r < 0)
+		log_msg(LOG_LVL_WARN, p->sid, "%s upstream=%s: %s", p->proto,
+		        p->upstream_name, uv_strerror(*connect_r));
+	return 0;
+}
+
 int conn_pair_connect_original(struct conn_pair *p, unsigned timeout_s)
 {
 	struct sockaddr_storage dst, local;

@@ -138,6 +138,16 @@ void conn_pair_set_tls(struct conn_pair *p, const struct conn_tls_cfg *tls);
  */
 void conn_refuse(uv_stream_t *listener);
 
+/*
+ * Both legs of a new session: the listener's TLS settings, the accept
+ * (returns its error, the session must then close), and the upstream
+ * connection (fixed or transparent) started, its first result in
+ * *connect_r (< 0: ops->connected will not come; report it yourself).
+ * Logs "<proto> connect client=... upstream=...".
+ */
+int conn_pair_open(struct conn_pair *p, uv_stream_t *listener,
+                   const struct cfg_listener *lc, unsigned timeout_s, int *connect_r);
+
 /* Accepts the connection waiting on listener as the client leg. Returns 0 or < 0. */
 int conn_pair_accept(struct conn_pair *p, uv_stream_t *listener);
 

@@ -2617,7 +2617,7 @@ int imap_session_accept(struct server *srv, const struct cfg_listener *lcfg,
                         uv_stream_t *listener)
 {
 	struct imap_session *s = calloc(1, sizeof(*s));
-	int r;
+	int r, cr = 0;
 
 	if (s == NULL) {
 		conn_refuse(listener);
@@ -2629,25 +2629,18 @@ int imap_session_accept(struct server *srv, const struct cfg_listener *lcfg,
 	server_session_add(srv, &s->base);
 	conn_pair_init(&s->c, srv->loop, &im_conn_ops, s->base.sid, "imap", s->cin,
 	               sizeof(s->cin), s->uin, sizeof(s->uin));
-	conn_pair_set_tls(&s->c, &((struct lsn *)listener->data)->tls);
 	imap_seg_init(&s->cseg, srv->cfg->spool_max_message_size);
 	imap_seg_init(&s->useg, 0);
 	s->last_out_ms = uv_now(srv->loop);
 
-	r = conn_pair_accept(&s->c, listener);
+	r = conn_pair_open(&s->c, listener, lcfg, srv->cfg->timeout_connect, &cr);
 	if (r < 0) {
 		log_msg(LOG_LVL_WARN, s->base.sid, "accept failed: %s", uv_strerror(r));
 		im_close(s, "accept failed");
 		return -1;
 	}
-	r = lcfg->upstream_port == 0
-	        ? conn_pair_connect_original(&s->c, srv->cfg->timeout_connect)
-	        : conn_pair_connect(&s->c, lcfg->upstream_host, lcfg->upstream_port,
-	                            srv->cfg->timeout_connect);
-	log_msg(LOG_LVL_INFO, s->base.sid, "imap connect client=%s upstream=%s",
-	        s->c.peer, s->c.upstream_name);
-	if (r < 0) {
-		im_on_connected(&s->c, r);
+	if (cr < 0) {
+		im_on_connected(&s->c, cr);
 		return 0;
 	}
 	conn_update_reading(&s->c, 1, 1);

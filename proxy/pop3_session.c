@@ -1420,7 +1420,7 @@ int pop3_session_accept(struct server *srv, const struct cfg_listener *lcfg,
                         uv_stream_t *listener)
 {
 	struct pop3_session *s = calloc(1, sizeof(*s));
-	int r;
+	int r, cr = 0;
 
 	if (s == NULL) {
 		conn_refuse(listener);
@@ -1432,28 +1432,19 @@ int pop3_session_accept(struct server *srv, const struct cfg_listener *lcfg,
 	server_session_add(srv, &s->base);
 	conn_pair_init(&s->c, srv->loop, &p3_conn_ops, s->base.sid, "pop3", s->cin,
 	               sizeof(s->cin), s->uin, sizeof(s->uin));
-	conn_pair_set_tls(&s->c, &((struct lsn *)listener->data)->tls);
 	pop3_cmd_init(&s->cp);
 	pop3_resp_init(&s->rp, 0); /* the spool bounds message size, not the parser */
 
-	r = conn_pair_accept(&s->c, listener);
+	r = conn_pair_open(&s->c, listener, lcfg, srv->cfg->timeout_connect, &cr);
 	if (r < 0) {
 		log_msg(LOG_LVL_WARN, s->base.sid, "accept failed: %s", uv_strerror(r));
 		p3_close(s, "accept failed");
 		return -1;
 	}
-	r = lcfg->upstream_port == 0
-	        ? conn_pair_connect_original(&s->c, srv->cfg->timeout_connect)
-	        : conn_pair_connect(&s->c, lcfg->upstream_host, lcfg->upstream_port,
-	                            srv->cfg->timeout_connect);
-	log_msg(LOG_LVL_INFO, s->base.sid, "pop3 connect client=%s upstream=%s",
-	        s->c.peer, s->c.upstream_name);
 	if (p3_slot_add(s, P3K_GREETING) == NULL)
 		return -1;
-	if (r < 0) {
-		log_msg(LOG_LVL_WARN, s->base.sid, "pop3 upstream=%s: %s",
-		        s->c.upstream_name, uv_strerror(r));
-		p3_on_connected(&s->c, r);
+	if (cr < 0) {
+		p3_on_connected(&s->c, cr);
 		return 0;
 	}
 	conn_update_reading(&s->c, 1, 1);
