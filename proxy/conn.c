@@ -382,6 +382,12 @@ static void conn_on_tick(uv_timer_t *t)
 		p->ops->connected(p, UV_ETIMEDOUT);
 		return;
 	}
+	/* a client that never finishes its handshake is not waited for */
+	if (p->client.ssl != NULL && !p->client.tls_up && p->connect_timeout_ms != 0 &&
+	    conn_now(p) - p->client.last_ms > p->connect_timeout_ms) {
+		conn_tls_fail(p, &p->client, "handshake timed out");
+		return;
+	}
 	p->ops->tick(p);
 }
 
@@ -802,6 +808,11 @@ int conn_start_tls(struct conn_pair *p, struct conn_leg *leg)
 	if (!p->closing)
 		conn_leg_reading(leg, 1);
 	return 0;
+}
+
+int conn_leg_idle(const struct conn_leg *leg)
+{
+	return leg->wq == 0 && leg->pend_len == 0;
 }
 
 int conn_leg_tls(const struct conn_leg *leg)

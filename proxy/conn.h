@@ -183,6 +183,12 @@ int conn_leg_tls(const struct conn_leg *leg);
  */
 int conn_pair_connect_original(struct conn_pair *p, unsigned timeout_s);
 
+/*
+ * Nothing of ours waits to reach the peer of leg: no queued write and no
+ * plaintext held for a TLS handshake still under way.
+ */
+int conn_leg_idle(const struct conn_leg *leg);
+
 /* Queues a copy of len bytes on leg. Returns 0 or a libuv error (< 0). */
 int conn_write(struct conn_pair *p, struct conn_leg *leg, const char *data, size_t len);
 

@@ -2453,7 +2453,7 @@ static int im_tls_go(struct imap_session *s)
 			im_close(s, "cannot start upstream TLS");
 		return 1;
 	}
-	if (s->tls_go_client && s->c.client.wq == 0) {
+	if (s->tls_go_client && conn_leg_idle(&s->c.client)) {
 		/* the OK went out in plaintext; from here on the client speaks TLS */
 		s->tls_go_client = 0;
 		imap_seg_init(&s->cseg, im_cfg(s)->spool_max_message_size);
@@ -2493,7 +2493,7 @@ static void im_run(struct imap_session *s)
 		s->end_reason = "upstream closed";
 		s->close_after_flush = 1;
 	}
-	if (s->close_after_flush && s->c.client.wq == 0) {
+	if (s->close_after_flush && conn_leg_idle(&s->c.client)) {
 		im_close(s, s->end_reason != NULL ? s->end_reason : "done");
 		return;
 	}
@@ -2595,7 +2595,7 @@ static void im_on_tls_done(struct conn_pair *p, struct conn_leg *leg, int status
 		s->client_tls_wait = 0;
 	} else if (status < 0) {
 		conn_write(&s->c, &s->c.client,
-		           "* BYE [UNAVAILABLE] mailmoat: upstream TLS failed\r\n", 50);
+		           "* BYE [UNAVAILABLE] mailmoat: upstream TLS failed\r\n", 51);
 		s->end_reason = "upstream TLS failed";
 		s->close_after_flush = 1;
 	} else {
@@ -2634,6 +2634,8 @@ int imap_session_accept(struct server *srv, const struct cfg_listener *lcfg,
 	s->last_out_ms = uv_now(srv->loop);
 
 	r = conn_pair_open(&s->c, listener, lcfg, srv->cfg->timeout_connect, &cr);
+	/* upstream_tls: starttls: not one client byte goes up before TLS is */
+	s->up_tls_wait = s->c.tls != NULL && s->c.tls->upstream_mode == CONN_TLS_STARTTLS;
 	if (r < 0) {
 		log_msg(LOG_LVL_WARN, s->base.sid, "accept failed: %s", uv_strerror(r));
 		im_close(s, "accept failed");

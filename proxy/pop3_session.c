@@ -239,7 +239,7 @@ static void p3_shutdown(struct session_base *sb)
 	struct pop3_session *s = (struct pop3_session *)sb;
 
 	s->stop_when_idle = 1;
-	if (s->nslots == 0 && s->c.client.wq == 0)
+	if (s->nslots == 0 && conn_leg_idle(&s->c.client))
 		p3_close(s, "shutdown");
 }
 
@@ -1296,7 +1296,7 @@ static int p3_tls_go(struct pop3_session *s)
 			p3_upstream_failed(s, "cannot start TLS");
 		return 1;
 	}
-	if (s->tls_go_client && s->c.client.wq == 0) {
+	if (s->tls_go_client && conn_leg_idle(&s->c.client)) {
 		/* "+OK" went out in plaintext; from here on the client speaks TLS */
 		s->tls_go_client = 0;
 		pop3_cmd_init(&s->cp);
@@ -1333,14 +1333,14 @@ static void p3_run(struct pop3_session *s)
 	s->in_run = 0;
 	if (s->closing)
 		return;
-	if (s->close_after_flush && s->c.client.wq == 0) {
+	if (s->close_after_flush && conn_leg_idle(&s->c.client)) {
 		p3_close(s, s->quit                         ? "quit"
 		            : s->end_reason != NULL         ? s->end_reason
 		            : s->c.up_state == CONN_UP_GONE ? "upstream closed"
 		                                            : "done");
 		return;
 	}
-	if (s->stop_when_idle && s->nslots == 0 && s->c.client.wq == 0) {
+	if (s->stop_when_idle && s->nslots == 0 && conn_leg_idle(&s->c.client)) {
 		p3_close(s, "shutdown");
 		return;
 	}
@@ -1436,6 +1436,8 @@ int pop3_session_accept(struct server *srv, const struct cfg_listener *lcfg,
 	pop3_resp_init(&s->rp, 0); /* the spool bounds message size, not the parser */
 
 	r = conn_pair_open(&s->c, listener, lcfg, srv->cfg->timeout_connect, &cr);
+	/* upstream_tls: starttls: not one client byte goes up before TLS is */
+	s->up_tls_wait = s->c.tls != NULL && s->c.tls->upstream_mode == CONN_TLS_STARTTLS;
 	if (r < 0) {
 		log_msg(LOG_LVL_WARN, s->base.sid, "accept failed: %s", uv_strerror(r));
 		p3_close(s, "accept failed");

@@ -269,51 +269,40 @@ class UpstreamStarttlsRefused(TlsMixin, ProxyCase):
 
 # ---- commands before the upstream's greeting ----
 #
-# DAEMON BUG (found by these tests): with upstream_tls: starttls, commands
+# Found by these tests (now fixed): with upstream_tls: starttls, commands
 # a client sends before the upstream's greeting has reached the proxy (in
 # its first write, right after connecting) are relayed to the upstream in
-# PLAINTEXT ahead of the proxy's own STLS / STARTTLS, and the upstream's
-# answers are relayed back: USER/PASS and LOGIN reach the server in the
-# clear, and a refused STLS leaves a POP3 session hanging (no -ERR, no
-# close). The expected behaviour is the one above (the commands are held
-# until TLS is up, or dropped with the refusal). Marked expectedFailure so
-# that the run stays green until the fix: an unexpected success fails the
-# run, so drop the decorators with the fix.
+# plaintext ahead of the proxy's own STLS / STARTTLS (fixed: they are held
+# until TLS is up, or dropped with the refusal).
 
 
 class EarlyCommands(UpstreamStarttlsRefused):
     """The same refusals to a client that sends its commands at once,
     before the greeting."""
 
-    @unittest.expectedFailure
     def test_early_pop3_stls_refused(self):
         self.check_pop3(b"-ERR TLS not available right now\r\n", early=True)
 
-    @unittest.expectedFailure
     def test_early_imap_starttls_refused(self):
         self.check_imap(IMAP_GREETING_STARTTLS, b"NO TLS not available right now", early=True)
 
-    @unittest.expectedFailure
     def test_early_wrong_upstream_name_pop3(self):
         self.check_wrong_name(early=True, protos=("pop3",))
 
-    @unittest.expectedFailure
     def test_early_wrong_upstream_name_imap(self):
         self.check_wrong_name(early=True, protos=("imap",), crlf=())
 
 
 class DaemonBugs(UpstreamStarttlsRefused):
-    """Two more DAEMON BUGS (expectedFailure until fixed; an unexpected
-    success fails the run)."""
+    """Two more found by these tests, fixed: a truncated BYE line, and a
+    refusal racing the client's own TLS handshake."""
 
-    @unittest.expectedFailure
     def test_bug_imap_tls_failed_line_complete(self):
         """IMAP upstream TLS handshake failure after STARTTLS: the client's
         "* BYE [UNAVAILABLE] mailmoat: upstream TLS failed" line goes out
         without its LF (proxy/imap_session.c writes 50 of its 51 bytes)."""
         self.check_wrong_name(protos=("imap",), crlf=("imap",))
 
-    @unittest.expectedFailure
     def test_bug_imap_refusal_before_client_handshake(self):
         """tls: implicit client, upstream_tls: starttls refused by the
         upstream before the client has finished its TLS handshake: the
@@ -332,7 +321,6 @@ class DaemonBugs(UpstreamStarttlsRefused):
         self.assertTrue(lines[0].startswith(b"* OK "), lines[0])
         self.assertEqual(lines[1] + b"\r\n", IMAP_UNAVAILABLE)
 
-    @unittest.expectedFailure
     def test_bug_pop3_refusal_before_client_handshake(self):
         """The same for POP3: no greeting and no -ERR line."""
         srv = self.scripted(POP3_GREETING, pop3_answer(b"-ERR not now\r\n"))
