@@ -28,7 +28,8 @@ struct cfg_listener {
 	enum cfg_protocol protocol;     /* protocol: pop3 | imap */
 	char listen_host[CFG_HOST_MAX]; /* listen: HOST:PORT ([v6]:PORT) */
 	uint16_t listen_port;
-	char upstream_host[CFG_HOST_MAX]; /* upstream: HOST:PORT, or "transparent" (port 0) */
+	char upstream_host[CFG_HOST_MAX]; /* upstream: HOST:PORT, or "transparent" (port
+	                                     0) */
 	uint16_t upstream_port;
 	/* TLS (issue 4): on the client side and towards the upstream */
 	char tls[16];                     /* tls: none | implicit | starttls | required */
