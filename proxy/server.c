@@ -91,6 +91,39 @@ static void server_reload_work(uv_work_t *req)
 	if (scan_engine_load(srv->cfg->clamav_database, &lim, &srv->reload_engine,
 	                     srv->reload_err, sizeof(srv->reload_err)) < 0)
 		srv->reload_engine = NULL;
+	/* certificates and keys renewed on disk (e.g. by an ACME client) */
+	srv->reload_tls = calloc(srv->n_listeners, sizeof(*srv->reload_tls));
+	for (unsigned i = 0; srv->reload_tls != NULL && i < srv->n_listeners; i++) {
+		if (conn_tls_setup(&srv->reload_tls[i], srv->listeners[i].lcfg) < 0) {
+			for (unsigned j = 0; j <= i; j++)
+				conn_tls_cleanup(&srv->reload_tls[j]);
+			free(srv->reload_tls);
+			srv->reload_tls = NULL;
+		}
+	}
+}
+
+/*
+ * New TLS contexts in place of the old ones: sessions already in TLS keep
+ * theirs (OpenSSL counts the references), new ones use the new files.
+ */
+static void server_reload_tls(struct server *srv)
+{
+	if (srv->reload_tls == NULL) {
+		log_msg(LOG_LVL_ERROR, NULL,
+		        "TLS reload failed, keeping the old certificates");
+		return;
+	}
+	for (unsigned i = 0; i < srv->n_listeners; i++) {
+		struct conn_tls_cfg old = srv->listeners[i].tls;
+
+		srv->listeners[i].tls = srv->reload_tls[i];
+		conn_tls_cleanup(&old);
+	}
+	free(srv->reload_tls);
+	srv->reload_tls = NULL;
+	log_msg(LOG_LVL_INFO, NULL, "TLS certificates reloaded listeners=%u",
+	        srv->n_listeners);
 }
 
 /*
@@ -103,6 +136,8 @@ static void server_reload_done(uv_work_t *req, int status)
 	struct server *srv = req->data;
 
 	srv->reloading = 0;
+	if (status == 0)
+		server_reload_tls(srv);
 	if (status < 0 || srv->reload_engine == NULL) {
 		log_msg(LOG_LVL_ERROR, NULL,
 		        "signature reload failed, keeping the old engine: %s",

@@ -49,6 +49,7 @@ struct server {
 	uv_signal_t sig_hup; /* reload the signature databases */
 	uv_work_t reload;
 	struct scan_engine *reload_engine; /* the new engine, on the pool */
+	struct conn_tls_cfg *reload_tls;   /* new TLS settings per listener, or NULL */
 	char reload_err[256];
 	int reloading;
 };
