@@ -815,6 +815,14 @@ int conn_leg_idle(const struct conn_leg *leg)
 	return leg->wq == 0 && leg->pend_len == 0;
 }
 
+int conn_upstream_ready(const struct conn_pair *p)
+{
+	if (p->up_state != CONN_UP_CONNECTED)
+		return 0;
+	return p->tls == NULL || p->tls->upstream_mode != CONN_TLS_STARTTLS ||
+	       (p->upstream.ssl != NULL && p->upstream.tls_up);
+}
+
 int conn_leg_tls(const struct conn_leg *leg)
 {
 	return leg->ssl != NULL;

@@ -168,6 +168,19 @@ int conn_pair_connect(struct conn_pair *p, const char *host, uint16_t port,
  */
 int conn_start_tls(struct conn_pair *p, struct conn_leg *leg);
 
+/*
+ * The upstream may be given client commands: connected, and when the
+ * listener wants STARTTLS upstream, with that TLS session up (not one
+ * client byte goes up before it).
+ */
+int conn_upstream_ready(const struct conn_pair *p);
+
+/*
+ * Writes a string literal (its length counted by the compiler, never by
+ * hand).
+ */
+#define conn_write_lit(p, leg, lit) conn_write((p), (leg), (lit), sizeof(lit) - 1)
+
 /* True when leg carries TLS (up or being negotiated). */
 int conn_leg_tls(const struct conn_leg *leg);
 

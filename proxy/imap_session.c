@@ -202,7 +202,6 @@ struct imap_session {
 	int cline_drop;  /* in a client line answered locally: drop the rest */
 	int client_dead; /* the client broke the protocol: read nothing more */
 	int greeted;     /* the upstream's greeting went by */
-	int up_tls_wait; /* the proxy's own STARTTLS upstream is under way */
 	int client_tls_wait;          /* the client's STARTTLS was answered: TLS next */
 	int tls_go_up, tls_go_client; /* start TLS on that leg between passes */
 	char tls_tag[IM_TAG_MAX];
@@ -424,8 +423,8 @@ static void im_shutdown(struct session_base *sb)
 	s->stop_when_idle = 1;
 	/* RFC 3501 section 7.1.5: BYE before the server closes the connection */
 	if (s->nfifo == 0 && !s->uline)
-		conn_write(&s->c, &s->c.client, "* BYE mailmoat is shutting down\r\n",
-		           33);
+		conn_write_lit(&s->c, &s->c.client,
+		               "* BYE mailmoat is shutting down\r\n");
 	s->end_reason = "shutdown";
 	s->close_after_flush = 1;
 	im_run(s);
@@ -1036,6 +1035,8 @@ static void im_job_done(struct session_base *sb, struct msgjob *job)
 	if ((v->result == SCAN_CLEAN || nsp != NULL) && im_key(s, uid, &k)) {
 		snprintf(e.quar_id, sizeof(e.quar_id), "%s", job->quar_id);
 		e.notice = nsp;
+		e.notice_text = job->notice_text;
+		e.notice_lines = job->notice_lines;
 		vcache_put(s->base.srv->vcache, &k, &e);
 	}
 	if (im_key(s, uid, &k)) {
@@ -1098,45 +1099,6 @@ static int im_scan(struct imap_session *s, struct im_capture *cp, uint32_t uid)
 	return 0;
 }
 
-/*
- * The facts of a notice a FETCH may ask about: its size, and the size and
- * line count of its text (its one text/plain part).
- */
-static void im_notice_facts(struct spool *notice, uint64_t *size_r, uint64_t *text_r,
-                            uint64_t *lines_r)
-{
-	static char buf[IM_CHUNK];
-	uint64_t size = spool_size(notice), off = 0, hlen = 0, lines = 0;
-	int at_body = 0, nl = 0;
-
-	/* find the blank line, count the text's lines (bounded work) */
-	while (off < size && off < (8u << 20)) {
-		ssize_t n = spool_pread(notice, buf, sizeof(buf), off);
-
-		if (n <= 0)
-			break;
-		for (ssize_t i = 0; i < n; i++) {
-			if (buf[i] != '\n') {
-				if (buf[i] != '\r')
-					nl = 0;
-				continue;
-			}
-			if (at_body)
-				lines++;
-			else if (++nl == 2) {
-				at_body = 1;
-				hlen = off + (uint64_t)i + 1;
-			}
-		}
-		off += (uint64_t)n;
-	}
-	if (off < size) /* a huge padded notice: padding lines are 78 octets */
-		lines += (size - off) / 78;
-	*size_r = size;
-	*text_r = size - hlen;
-	*lines_r = lines;
-}
-
 /* Appends to a growing buffer (out of memory: *oom set). */
 static void im_buf_put(char **b, size_t *len, size_t *cap, const char *d, size_t n,
                        int *oom)
@@ -1164,7 +1126,7 @@ static void im_buf_put(char **b, size_t *len, size_t *cap, const char *d, size_t
  * response's first text part (where servers put them) are rewritten.
  * Values that run past a literal are left as they are.
  */
-static void im_describe_notice(struct im_capture *cp, struct spool *notice)
+static void im_describe_notice(struct im_capture *cp, const struct vcache_entry *e)
 {
 	struct im_part *pt = cp->parts;
 	uint64_t size, text, lines;
@@ -1175,7 +1137,9 @@ static void im_describe_notice(struct im_capture *cp, struct spool *notice)
 
 	if (pt == NULL || pt->type != IMP_TEXT)
 		return;
-	im_notice_facts(notice, &size, &text, &lines);
+	size = spool_size(e->notice);
+	text = e->notice_text;
+	lines = e->notice_lines;
 	while (imap_tok_next(pt->text, pt->len, &pos, &t) != IMAP_TOK_END &&
 	       t.type != IMAP_TOK_ERROR) {
 		size_t vstart, vend;
@@ -1285,7 +1249,7 @@ static void im_fetch_complete(struct imap_session *s, struct im_capture *cp)
 	cp->state = IMS_READY;
 	e = uid != 0 ? im_cached(s, uid) : NULL;
 	if (e != NULL && e->notice != NULL)
-		im_describe_notice(cp, e->notice);
+		im_describe_notice(cp, e);
 	if (cp->n_content == 0 && cp->n_header == 0 && !cp->walk.inline_content)
 		return;
 	if (e != NULL && (e->result == SCAN_CLEAN || e->notice != NULL)) {
@@ -1455,7 +1419,6 @@ static void im_line_start(struct imap_session *s, const struct imap_event *ev)
 
 			snprintf(s->tls_tag, sizeof(s->tls_tag), "mm%s.tls", s->base.sid);
 			snprintf(line, sizeof(line), "%s STARTTLS\r\n", s->tls_tag);
-			s->up_tls_wait = 1;
 			im_write(s, 0, line, strlen(line));
 		}
 	}
@@ -2365,8 +2328,7 @@ static int im_client_input(struct imap_session *s)
 	int progress = 0;
 
 	while (pos < s->c.client.len && !s->closing && !s->client_dead &&
-	       !s->up_tls_wait && !s->client_tls_wait &&
-	       s->c.up_state == CONN_UP_CONNECTED && s->hold == IMH_NONE &&
+	       !s->client_tls_wait && conn_upstream_ready(&s->c) && s->hold == IMH_NONE &&
 	       !s->stop_when_idle && s->ncmds < IM_CMDS_MAX) {
 		struct imap_event ev;
 		size_t used = 0;
@@ -2380,8 +2342,8 @@ static int im_client_input(struct imap_session *s)
 			log_msg(LOG_LVL_WARN, s->base.sid,
 			        "imap client protocol error: %s",
 			        imap_seg_error(&s->cseg));
-			conn_write(&s->c, &s->c.client, "* BYE malformed literal\r\n",
-			           25);
+			conn_write_lit(&s->c, &s->c.client,
+			               "* BYE malformed literal\r\n");
 			s->client_dead = 1;
 			s->end_reason = "client protocol error";
 			s->close_after_flush = 1;
@@ -2554,7 +2516,7 @@ static void im_on_tick(struct conn_pair *p)
 	if (s->ncmds > 0 && s->c.upstream.len == 0 && s->idle == NULL &&
 	    now - s->c.upstream.last_ms > cfg->timeout_upstream_idle * 1000ull &&
 	    !waiting) {
-		conn_write(&s->c, &s->c.client, "* BYE upstream not answering\r\n", 30);
+		conn_write_lit(&s->c, &s->c.client, "* BYE upstream not answering\r\n");
 		s->end_reason = "upstream idle time-out";
 		s->close_after_flush = 1;
 		im_run(s);
@@ -2563,7 +2525,7 @@ static void im_on_tick(struct conn_pair *p)
 	/* RFC 3501 section 5.4: an autologout timer of at least 30 minutes when idle */
 	if (s->ncmds == 0 && s->nfifo == 0 &&
 	    now - s->c.client.last_ms > cfg->timeout_client_idle * 1000ull) {
-		conn_write(&s->c, &s->c.client, "* BYE idle time-out\r\n", 21);
+		conn_write_lit(&s->c, &s->c.client, "* BYE idle time-out\r\n");
 		s->end_reason = "client idle time-out";
 		s->close_after_flush = 1;
 		im_run(s);
@@ -2575,8 +2537,8 @@ static void im_on_connected(struct conn_pair *p, int status)
 	struct imap_session *s = im_of(p);
 
 	if (status < 0) {
-		conn_write(&s->c, &s->c.client,
-		           "* BYE [UNAVAILABLE] mailmoat: upstream unavailable\r\n", 52);
+		conn_write_lit(&s->c, &s->c.client,
+		               "* BYE [UNAVAILABLE] mailmoat: upstream unavailable\r\n");
 		s->end_reason = "upstream unavailable";
 		s->close_after_flush = 1;
 	}
@@ -2594,12 +2556,10 @@ static void im_on_tls_done(struct conn_pair *p, struct conn_leg *leg, int status
 		}
 		s->client_tls_wait = 0;
 	} else if (status < 0) {
-		conn_write(&s->c, &s->c.client,
-		           "* BYE [UNAVAILABLE] mailmoat: upstream TLS failed\r\n", 51);
+		conn_write_lit(&s->c, &s->c.client,
+		               "* BYE [UNAVAILABLE] mailmoat: upstream TLS failed\r\n");
 		s->end_reason = "upstream TLS failed";
 		s->close_after_flush = 1;
-	} else {
-		s->up_tls_wait = 0;
 	}
 	im_run(s);
 }
@@ -2634,8 +2594,6 @@ int imap_session_accept(struct server *srv, const struct cfg_listener *lcfg,
 	s->last_out_ms = uv_now(srv->loop);
 
 	r = conn_pair_open(&s->c, listener, lcfg, srv->cfg->timeout_connect, &cr);
-	/* upstream_tls: starttls: not one client byte goes up before TLS is */
-	s->up_tls_wait = s->c.tls != NULL && s->c.tls->upstream_mode == CONN_TLS_STARTTLS;
 	if (r < 0) {
 		log_msg(LOG_LVL_WARN, s->base.sid, "accept failed: %s", uv_strerror(r));
 		im_close(s, "accept failed");

@@ -105,7 +105,16 @@ static void msgjob_quarantine(struct msgjob *job, const struct config *cfg)
 	ni.quarantine_id = job->quar_id;
 	ni.admin_contact = cfg->admin_contact;
 	ni.pad_to = job->pad_to;
-	if (notice_build(&h, &ni, &job->notice, &job->notice_len) < 0) {
+	if (notice_build(&h, &ni, &job->notice, &job->notice_len) == 0) {
+		/* what IMAP's BODYSTRUCTURE says of it, counted once, here on the pool */
+		const char *end = memmem(job->notice, job->notice_len, "\r\n\r\n", 4);
+		size_t body =
+		    end != NULL ? (size_t)(end - job->notice) + 4 : job->notice_len;
+
+		job->notice_text = job->notice_len - body;
+		for (size_t i = body; i < job->notice_len; i++)
+			job->notice_lines += job->notice[i] == '\n';
+	} else {
 		job->quar_failed = 1;
 		snprintf(job->quar_err, sizeof(job->quar_err),
 		         "stored as %s but the notice could not be built", job->quar_id);

@@ -49,7 +49,9 @@ struct msgjob {
 	char quar_id[QUAR_ID_MAX];
 	char *notice; /* the substitute message when quarantined (malloc) */
 	size_t notice_len;
-	int quar_reused; /* the same message was already in the quarantine */
+	uint64_t notice_text;  /* octets of the notice's text (after the blank line) */
+	uint64_t notice_lines; /* lines of that text (IMAP BODYSTRUCTURE) */
+	int quar_reused;       /* the same message was already in the quarantine */
 	int quar_failed; /* quarantine was due but the original could not be stored */
 	char quar_err[256];
 	uint64_t total_ms;

@@ -143,7 +143,6 @@ struct pop3_session {
 	int sasl;              /* the next client line is a SASL response */
 	int authed;
 	int quit;            /* the client's QUIT was answered */
-	int up_tls_wait;     /* upstream STLS under way: client commands wait */
 	int client_tls_wait; /* client STLS answered: nothing more read until TLS */
 	int tls_go_up, tls_go_client; /* start TLS on that leg between passes */
 	const char *end_reason;       /* why close_after_flush was set, for the log */
@@ -712,7 +711,6 @@ static void p3_passthrough_status(struct pop3_session *s, struct p3_slot *sl,
 	    !conn_leg_tls(&s->c.upstream)) {
 		/* RFC 2595 section 4: STLS before anything else goes upstream */
 		if (p3_slot_add(s, P3K_UPSTLS) != NULL) {
-			s->up_tls_wait = 1;
 			p3_write(s, 0, "STLS\r\n", 6);
 		}
 		return;
@@ -1225,9 +1223,9 @@ static int p3_client_input(struct pop3_session *s)
 	size_t pos = 0;
 	int progress = 0;
 
-	while (pos < s->c.client.len && !s->closing && !s->up_tls_wait &&
-	       !s->client_tls_wait && s->c.up_state == CONN_UP_CONNECTED &&
-	       !s->stop_when_idle && s->nslots < P3_SLOTS_MAX && !p3_client_held(s)) {
+	while (pos < s->c.client.len && !s->closing && !s->client_tls_wait &&
+	       conn_upstream_ready(&s->c) && !s->stop_when_idle &&
+	       s->nslots < P3_SLOTS_MAX && !p3_client_held(s)) {
 		struct pop3_cmd cmd;
 		size_t used = 0;
 		int r = pop3_cmd_feed(&s->cp, s->cin + pos, s->c.client.len - pos, &used,
@@ -1380,7 +1378,8 @@ static void p3_on_connected(struct conn_pair *p, int status)
 	struct pop3_session *s = p3_of(p);
 
 	if (status < 0) {
-		p3_write(s, 1, "-ERR [SYS/TEMP] mailmoat: upstream unavailable\r\n", 48);
+		conn_write_lit(&s->c, &s->c.client,
+		               "-ERR [SYS/TEMP] mailmoat: upstream unavailable\r\n");
 		s->close_after_flush = 1;
 	}
 	p3_run(s);
@@ -1398,11 +1397,10 @@ static void p3_on_tls_done(struct conn_pair *p, struct conn_leg *leg, int status
 		s->client_tls_wait = 0;
 	} else if (status < 0) {
 		/* fail closed, with a word to the client */
-		p3_write(s, 1, "-ERR [SYS/TEMP] mailmoat: upstream TLS failed\r\n", 47);
+		conn_write_lit(&s->c, &s->c.client,
+		               "-ERR [SYS/TEMP] mailmoat: upstream TLS failed\r\n");
 		s->end_reason = "upstream TLS failed";
 		s->close_after_flush = 1;
-	} else {
-		s->up_tls_wait = 0;
 	}
 	p3_run(s);
 }
@@ -1436,8 +1434,6 @@ int pop3_session_accept(struct server *srv, const struct cfg_listener *lcfg,
 	pop3_resp_init(&s->rp, 0); /* the spool bounds message size, not the parser */
 
 	r = conn_pair_open(&s->c, listener, lcfg, srv->cfg->timeout_connect, &cr);
-	/* upstream_tls: starttls: not one client byte goes up before TLS is */
-	s->up_tls_wait = s->c.tls != NULL && s->c.tls->upstream_mode == CONN_TLS_STARTTLS;
 	if (r < 0) {
 		log_msg(LOG_LVL_WARN, s->base.sid, "accept failed: %s", uv_strerror(r));
 		p3_close(s, "accept failed");

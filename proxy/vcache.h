@@ -35,6 +35,8 @@ struct vcache_entry {
 	uint64_t size;                /* the original's size in octets */
 	char quar_id[QUAR_ID_MAX];    /* quarantined: its id, else "" */
 	struct spool *notice;         /* the substitute served in its place, or NULL */
+	uint64_t notice_text;         /* the notice's text octets and lines */
+	uint64_t notice_lines;
 };
 
 /* A cache of at most max_entries (at least 1). NULL on allocation failure. */
