@@ -49,6 +49,7 @@ _Static_assert(sizeof action_names / sizeof action_names[0] == POLICY_ACTION_COU
 static const char *const log_level_names[] = {"error", "warn", "info", "debug"};
 static const char *const tls_names[] = {"none", "implicit", "starttls", "required"};
 static const char *const bool_names[] = {"true", "false"};
+static const char *const unscanned_names[] = {"refuse", "relay"};
 #define N_LOG_LEVELS (sizeof log_level_names / sizeof log_level_names[0])
 
 /*
@@ -497,6 +498,21 @@ struct field {
 _Static_assert(UINT_MAX >= MAX_TIMEOUT * 1000ULL, "max_scantime in ms must fit unsigned");
 _Static_assert(UINT_MAX >= UINT32_MAX, "max_files must fit unsigned");
 
+/* intercept_ca: inside a listener, filling the listener's own fields */
+static const struct field intercept_ca_fields[] = {
+    {.key = "certificate",
+     .kind = FK_STRING,
+     .required = true,
+     .off = offsetof(struct cfg_listener, intercept_ca_certificate),
+     .len = MEMBER_SIZE(struct cfg_listener, intercept_ca_certificate)},
+    {.key = "key",
+     .kind = FK_STRING,
+     .required = true,
+     .off = offsetof(struct cfg_listener, intercept_ca_key),
+     .len = MEMBER_SIZE(struct cfg_listener, intercept_ca_key)},
+    {.key = NULL},
+};
+
 static const struct field listener_fields[] = {
     {.key = "protocol",
      .kind = FK_PROTOCOL,
@@ -522,6 +538,8 @@ static const struct field listener_fields[] = {
     L_OPT("upstream_name", upstream_name),
     L_OPT("upstream_pin", upstream_pin),
     L_NAME("upstream_verify", upstream_verify, bool_names, 2),
+    {.key = "intercept_ca", .kind = FK_SECTION, .sub = intercept_ca_fields},
+    L_NAME("unscanned_tls", unscanned_tls, unscanned_names, 2),
     {.key = NULL},
 };
 
@@ -911,6 +929,45 @@ static int listen_key(const struct cfg_listener *l, unsigned char bin[16])
  * the same address and port are an error at the second one.
  */
 /*
+ * A transparent listener with tls: implicit (redirected 993/995): TLS from
+ * the first byte towards a server the client chose. With intercept_ca the
+ * proxy answers with leaves of its own CA and verifies the server by the
+ * client's SNI, so the fixed-upstream keys (certificate, key,
+ * upstream_name, upstream_pin) have no meaning; without it the traffic is
+ * refused or relayed unread (unscanned_tls). The upstream side is TLS.
+ */
+static void check_transparent_tls(struct load_ctx *ctx, struct cfg_listener *l,
+                                  const char *name)
+{
+	static const char *const fixed[] = {"certificate", "key", "upstream_name",
+	                                    "upstream_pin"};
+	const char *val[] = {l->certificate, l->key, l->upstream_name, l->upstream_pin};
+	int icpt = l->intercept_ca_certificate[0] != '\0';
+
+	if (l->upstream_tls[0] == '\0')
+		snprintf(l->upstream_tls, sizeof(l->upstream_tls), "implicit");
+	if (strcmp(l->upstream_tls, "implicit") != 0)
+		report(ctx, l->line,
+		       "%s: a transparent listener with tls: implicit needs "
+		       "upstream_tls: implicit",
+		       name);
+	for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
+		if (val[i][0] != '\0')
+			report(ctx, l->line,
+			       "%s: '%s' does not apply to a transparent TLS listener "
+			       "(%s)",
+			       name, fixed[i],
+			       icpt ? "intercept_ca makes the certificates; the server "
+			              "is verified by the name the client asks for"
+			            : "its TLS is relayed or refused, not terminated");
+	if (icpt && l->unscanned_tls[0] != '\0')
+		report(ctx, l->line,
+		       "%s: unscanned_tls is for listeners without intercept_ca", name);
+	if (!icpt && l->unscanned_tls[0] == '\0')
+		snprintf(l->unscanned_tls, sizeof(l->unscanned_tls), "refuse");
+}
+
+/*
  * TLS keys that only make sense together: a TLS listener needs its
  * certificate and key; a pin is "sha256//" and 44 base64 characters. The
  * defaults (none, verification on) are filled in here.
@@ -920,10 +977,24 @@ static void check_listener_tls(struct load_ctx *ctx, struct cfg_listener *l,
 {
 	if (l->tls[0] == '\0')
 		snprintf(l->tls, sizeof(l->tls), "none");
-	if (l->upstream_tls[0] == '\0')
-		snprintf(l->upstream_tls, sizeof(l->upstream_tls), "none");
 	if (l->upstream_verify[0] == '\0')
 		snprintf(l->upstream_verify, sizeof(l->upstream_verify), "true");
+	if (l->upstream_host[0] != '\0' && l->upstream_port == 0 &&
+	    strcmp(l->tls, "implicit") == 0) {
+		check_transparent_tls(ctx, l, name);
+		return;
+	}
+	if (l->upstream_tls[0] == '\0')
+		snprintf(l->upstream_tls, sizeof(l->upstream_tls), "none");
+	if (l->intercept_ca_certificate[0] != '\0')
+		report(ctx, l->line,
+		       "%s: intercept_ca needs upstream: transparent and tls: implicit",
+		       name);
+	if (l->unscanned_tls[0] != '\0')
+		report(ctx, l->line,
+		       "%s: unscanned_tls applies to upstream: transparent with tls: "
+		       "implicit only",
+		       name);
 	if (strcmp(l->tls, "none") != 0 &&
 	    (l->certificate[0] == '\0' || l->key[0] == '\0'))
 		report(ctx, l->line, "%s: tls: %s needs 'certificate' and 'key'", name,

@@ -41,7 +41,12 @@ struct cfg_listener {
 	                                     host) */
 	char upstream_pin[128]; /* upstream_pin: sha256//BASE64 of the SPKI ("" = none) */
 	char upstream_verify[8]; /* upstream_verify: true | false (default true) */
-	int line;                /* where it was defined, for messages */
+	/* transparent TLS listeners: intercept with a local CA, or not */
+	char intercept_ca_certificate[CFG_PATH_MAX]; /* intercept_ca.certificate */
+	char intercept_ca_key[CFG_PATH_MAX];         /* intercept_ca.key */
+	char unscanned_tls[8]; /* unscanned_tls: refuse | relay (default refuse),
+	                          without intercept_ca */
+	int line;              /* where it was defined, for messages */
 };
 
 struct config {

@@ -21,9 +21,12 @@
 #include <openssl/x509v3.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "proxy/intercept.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
+#include "proxy/tls_hello.h"
 
 struct conn_write_req {
 	uv_write_t req;
@@ -39,6 +42,8 @@ static void conn_on_write(uv_write_t *req, int status);
 static void conn_tls_progress(struct conn_pair *p, struct conn_leg *leg);
 static int conn_raw_write(struct conn_pair *p, struct conn_leg *leg, const char *data,
                           size_t len);
+static void conn_up_fail(struct conn_pair *p, int err);
+static void conn_intercept_step(struct conn_pair *p);
 
 /* ------------------------------------------------------------------ */
 /* TLS settings                                                        */
@@ -78,12 +83,53 @@ static SSL_CTX *conn_tls_ctx(int server)
 	return ctx;
 }
 
+/*
+ * A transparent listener with tls: implicit: interception with the local
+ * CA (client context without a certificate of its own, the upstream
+ * verified per session by the client's SNI), or TLS left untouched.
+ */
+static int conn_tls_setup_transparent(struct conn_tls_cfg *t,
+                                      const struct cfg_listener *lc)
+{
+	char err[512];
+
+	if (lc->intercept_ca_certificate[0] == '\0') {
+		t->passthrough = 1;
+		t->relay = strcmp(lc->unscanned_tls, "relay") == 0;
+		t->client_mode = t->upstream_mode = CONN_TLS_NONE;
+		log_msg(t->relay ? LOG_LVL_WARN : LOG_LVL_INFO, NULL,
+		        "listener %s:%u: no intercept_ca: TLS connections are %s",
+		        lc->listen_host, lc->listen_port,
+		        t->relay ? "RELAYED UNSCANNED (unscanned_tls: relay)"
+		                 : "refused (unscanned_tls: refuse)");
+		return 0;
+	}
+	t->ica = intercept_ca_load(lc->intercept_ca_certificate, lc->intercept_ca_key,
+	                           err, sizeof(err));
+	if (t->ica == NULL) {
+		log_msg(LOG_LVL_ERROR, NULL, "listener %s:%u: %s", lc->listen_host,
+		        lc->listen_port, err);
+		return -1;
+	}
+	t->server = conn_tls_ctx(1);
+	log_msg(LOG_LVL_WARN, NULL,
+	        "listener %s:%u: TLS INTERCEPTED with the local CA %s: clients "
+	        "must trust it; servers are verified by the name each client asks for",
+	        lc->listen_host, lc->listen_port, lc->intercept_ca_certificate);
+	return t->server == NULL ? -1 : 0;
+}
+
 int conn_tls_setup(struct conn_tls_cfg *t, const struct cfg_listener *lc)
 {
 	memset(t, 0, sizeof(*t));
 	t->client_mode = conn_tls_mode(lc->tls);
 	t->upstream_mode = conn_tls_mode(lc->upstream_tls);
-	if (t->client_mode != CONN_TLS_NONE) {
+	if (lc->upstream_port == 0 && t->client_mode == CONN_TLS_IMPLICIT) {
+		if (conn_tls_setup_transparent(t, lc) < 0)
+			return -1;
+		if (t->passthrough)
+			return 0;
+	} else if (t->client_mode != CONN_TLS_NONE) {
 		t->server = conn_tls_ctx(1);
 		if (t->server == NULL ||
 		    SSL_CTX_use_certificate_chain_file(t->server, lc->certificate) != 1 ||
@@ -147,6 +193,7 @@ int conn_tls_setup(struct conn_tls_cfg *t, const struct cfg_listener *lc)
 
 void conn_tls_cleanup(struct conn_tls_cfg *t)
 {
+	intercept_ca_unref(&t->ica);
 	SSL_CTX_free(t->server);
 	SSL_CTX_free(t->upstream);
 	t->server = t->upstream = NULL;
@@ -167,14 +214,23 @@ static int conn_tls_flush(struct conn_pair *p, struct conn_leg *leg)
 	return 0;
 }
 
-/* Starts TLS on leg: as the server towards the client, as a client upstream. */
+/*
+ * Starts TLS on leg: as the server towards the client, as a client
+ * upstream. Intercepting, the client leg gets the minted leaf and the CA
+ * after it, and the ClientHello already read is replayed into the SSL.
+ * Upstream, the name verified and sent as SNI is the configured one, or
+ * when intercepting the one the client asked for ("" without SNI: the
+ * chain alone is verified, and the client then checks its own name
+ * against the names copied from that certificate).
+ */
 static int conn_tls_start(struct conn_pair *p, struct conn_leg *leg, SSL_CTX *ctx,
-                          int server)
+                          int server, X509 *leaf)
 {
 	BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
 
 	leg->ssl = SSL_new(ctx);
-	leg->cbuf = malloc(CONN_CBUF);
+	if (leg->cbuf == NULL)
+		leg->cbuf = malloc(CONN_CBUF);
 	if (leg->ssl == NULL || rb == NULL || wb == NULL || leg->cbuf == NULL) {
 		BIO_free(rb);
 		BIO_free(wb);
@@ -183,22 +239,33 @@ static int conn_tls_start(struct conn_pair *p, struct conn_leg *leg, SSL_CTX *ct
 	SSL_set_bio(leg->ssl, rb, wb); /* the SSL owns both BIOs now */
 	if (server) {
 		SSL_set_accept_state(leg->ssl);
+		if (leaf != NULL &&
+		    (SSL_use_certificate(leg->ssl, leaf) != 1 ||
+		     SSL_use_PrivateKey(leg->ssl, intercept_leaf_key(p->tls->ica)) != 1 ||
+		     SSL_add1_chain_cert(leg->ssl, intercept_ca_cert(p->tls->ica)) != 1))
+			return UV_ENOMEM;
+		if (leg->hello != NULL) {
+			BIO_write(rb, leg->hello->raw, (int)leg->hello->len);
+			free(leg->hello);
+			leg->hello = NULL;
+		}
 	} else {
 		const struct conn_tls_cfg *t = p->tls;
+		const char *name = p->intercept ? p->sni : t->name;
 		struct in6_addr a6;
 		struct in_addr a4;
-		int ip = inet_pton(AF_INET, t->name, &a4) == 1 ||
-		         inet_pton(AF_INET6, t->name, &a6) == 1;
+		int ip = inet_pton(AF_INET, name, &a4) == 1 ||
+		         inet_pton(AF_INET6, name, &a6) == 1;
 
 		SSL_set_connect_state(leg->ssl);
-		if (!ip) /* SNI carries names only (RFC 6066 section 3) */
-			SSL_set_tlsext_host_name(leg->ssl, t->name);
-		if (t->verify) {
+		if (!ip && name[0] != '\0') /* SNI carries names only (RFC 6066 s. 3) */
+			SSL_set_tlsext_host_name(leg->ssl, name);
+		if (t->verify && name[0] != '\0') {
 			if (ip)
 				X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(leg->ssl),
-				                              t->name);
+				                              name);
 			else
-				SSL_set1_host(leg->ssl, t->name);
+				SSL_set1_host(leg->ssl, name);
 		}
 	}
 	conn_tls_progress(p, leg);
@@ -230,6 +297,11 @@ static void conn_tls_fail(struct conn_pair *p, struct conn_leg *leg, const char 
 	unsigned long e = ERR_peek_last_error();
 	long vr = leg->ssl != NULL ? SSL_get_verify_result(leg->ssl) : X509_V_OK;
 
+	if (leg == &p->upstream && !leg->starttls && p->up_state == CONN_UP_GONE) {
+		ERR_clear_error(); /* reported when it failed */
+		return;
+	}
+
 	if (vr != X509_V_OK)
 		snprintf(detail, sizeof(detail), " (certificate verify failed: %s)",
 		         X509_verify_cert_error_string(vr));
@@ -244,8 +316,7 @@ static void conn_tls_fail(struct conn_pair *p, struct conn_leg *leg, const char 
 			p->up_state = CONN_UP_GONE;
 		p->ops->tls_done(p, leg, UV_EPROTO);
 	} else if (leg == &p->upstream) {
-		p->up_state = CONN_UP_GONE;
-		p->ops->connected(p, UV_EPROTO);
+		conn_up_fail(p, UV_EPROTO);
 	} else {
 		p->ops->read(p, leg, UV_EPROTO);
 	}
@@ -327,6 +398,10 @@ static void conn_tls_progress(struct conn_pair *p, struct conn_leg *leg)
 		} else if (leg == &p->upstream) {
 			p->up_state = CONN_UP_CONNECTED;
 			p->upstream.last_ms = conn_now(p);
+			if (p->intercept)
+				conn_intercept_step(p);
+			if (p->closing)
+				return;
 			p->ops->connected(p, 0);
 			if (p->closing)
 				return;
@@ -341,7 +416,148 @@ static void conn_tls_free(struct conn_leg *leg)
 	leg->ssl = NULL;
 	free(leg->cbuf);
 	free(leg->pend);
+	free(leg->hello);
 	leg->cbuf = leg->pend = NULL;
+	leg->hello = NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* Interception (transparent TLS listeners with intercept_ca)          */
+
+/*
+ * Answers the client's ClientHello. With the upstream verified: a leaf for
+ * the names of its certificate (cached per certificate). With the upstream
+ * gone (unreachable, unverifiable): a leaf for the name the client asked
+ * for, only so the session's error reaches the client readably; the proxy
+ * then closes, nothing is relayed.
+ */
+static void conn_intercept_client(struct conn_pair *p, int verified)
+{
+	struct intercept_ca *ica = p->tls->ica;
+	uint64_t hits, minted;
+	int cached = 0, r = UV_ENOMEM;
+	X509 *leaf;
+
+	if (verified) {
+		leaf = intercept_leaf(ica, SSL_get0_peer_certificate(p->upstream.ssl),
+		                      (int64_t)time(NULL), &cached);
+	} else {
+		char host[300];
+		char *colon;
+
+		/* no SNI: the address the client connected to ("1.2.3.4:995",
+		   "[::1]:995") */
+		snprintf(host, sizeof(host), "%s",
+		         p->sni[0] != '\0'
+		             ? p->sni
+		             : p->upstream_name + (p->upstream_name[0] == '['));
+		colon = strrchr(host, p->upstream_name[0] == '[' ? ']' : ':');
+		if (p->sni[0] == '\0' && colon != NULL)
+			*colon = '\0';
+		leaf = intercept_leaf_for_name(ica, host, (int64_t)time(NULL));
+	}
+	intercept_stats(ica, &hits, &minted);
+	if (verified)
+		log_msg(LOG_LVL_INFO, p->sid,
+		        "%s intercept server=%s sni=%s cert=%s cache_hits=%llu "
+		        "minted=%llu",
+		        p->proto, p->upstream_name, p->sni[0] ? p->sni : "-",
+		        leaf == NULL ? "failed"
+		        : cached     ? "cached"
+		                     : "minted",
+		        (unsigned long long)hits, (unsigned long long)minted);
+	if (leaf != NULL) {
+		r = conn_tls_start(p, &p->client, p->tls->server, 1, leaf);
+		X509_free(leaf);
+	}
+	if (r < 0 && !p->closing) {
+		conn_tls_log_errors("intercept certificate");
+		p->ops->read(p, &p->client, r);
+	}
+}
+
+/*
+ * Moves interception on once the ClientHello is read: the upstream's TLS
+ * starts as soon as its TCP connection is up too; the client's TLS once
+ * the upstream is verified, or gone.
+ */
+static void conn_intercept_step(struct conn_pair *p)
+{
+	struct conn_leg *c = &p->client;
+
+	if (!p->hello_done || c->ssl != NULL)
+		return;
+	if (p->up_state == CONN_UP_GONE) {
+		conn_intercept_client(p, 0);
+	} else if (p->up_state == CONN_UP_CONNECTED && p->upstream.tls_up) {
+		conn_intercept_client(p, 1);
+	} else if (p->up_tcp && p->upstream.ssl == NULL) {
+		int r = conn_tls_start(p, &p->upstream, p->tls->upstream, 0, NULL);
+
+		if (r < 0 && !p->closing && p->up_state != CONN_UP_GONE)
+			conn_up_fail(p, r);
+		else if (!p->closing && p->up_state != CONN_UP_GONE)
+			conn_update_reading(p, 0, 0);
+	}
+}
+
+/* The intercepting client leg's bytes before TLS: the ClientHello. */
+static void conn_hello_read(struct conn_pair *p, struct conn_leg *leg, ssize_t n)
+{
+	enum tls_hello_result r;
+
+	if (n < 0) {
+		uv_read_stop((uv_stream_t *)&leg->tcp);
+		leg->reading = 0;
+		if (n == UV_EOF)
+			leg->eof = 1;
+		p->ops->read(p, leg, n);
+		return;
+	}
+	leg->last_ms = conn_now(p);
+	if (p->hello_done) {
+		/* more before our answer: kept for the replay (bounded) */
+		if (tls_hello_feed(leg->hello, leg->cbuf, (size_t)n) == TLS_HELLO_OK)
+			return;
+	} else {
+		r = tls_hello_feed(leg->hello, leg->cbuf, (size_t)n);
+		if (r == TLS_HELLO_NEED_MORE)
+			return;
+		if (r == TLS_HELLO_OK) {
+			p->hello_done = 1;
+			snprintf(p->sni, sizeof(p->sni), "%s", leg->hello->sni);
+			if (p->sni[0] == '\0')
+				log_msg(
+				    LOG_LVL_INFO, p->sid,
+				    "%s intercept server=%s: no SNI from the client; "
+				    "the server's chain is verified and its names used",
+				    p->proto, p->upstream_name);
+			conn_intercept_step(p);
+			return;
+		}
+	}
+	log_msg(LOG_LVL_WARN, p->sid, "%s client=%s server=%s: no TLS ClientHello: %s",
+	        p->proto, p->peer, p->upstream_name,
+	        leg->hello->error != NULL ? leg->hello->error : "bad input");
+	uv_read_stop((uv_stream_t *)&leg->tcp);
+	leg->reading = 0;
+	p->ops->read(p, leg, UV_EPROTO);
+}
+
+/* The upstream failed before it was of use: the session hears of it. */
+static void conn_up_fail(struct conn_pair *p, int err)
+{
+	if (p->up_state == CONN_UP_GONE)
+		return; /* reported once */
+	p->up_state = CONN_UP_GONE;
+	if (p->upstream.reading) {
+		uv_read_stop((uv_stream_t *)&p->upstream.tcp);
+		p->upstream.reading = 0;
+	}
+	if (p->intercept)
+		conn_intercept_step(p); /* the error travels over TLS */
+	if (!p->closing)
+		p->ops->connected(p, err);
 }
 
 void conn_pair_set_tls(struct conn_pair *p, const struct conn_tls_cfg *tls)
@@ -378,12 +594,12 @@ static void conn_on_tick(uv_timer_t *t)
 	    conn_now(p) - p->start_ms > p->connect_timeout_ms) {
 		log_msg(LOG_LVL_WARN, p->sid, "%s upstream=%s connect timed out",
 		        p->proto, p->upstream_name);
-		p->up_state = CONN_UP_GONE;
-		p->ops->connected(p, UV_ETIMEDOUT);
+		conn_up_fail(p, UV_ETIMEDOUT);
 		return;
 	}
 	/* a client that never finishes its handshake is not waited for */
-	if (p->client.ssl != NULL && !p->client.tls_up && p->connect_timeout_ms != 0 &&
+	if ((p->client.ssl != NULL || p->client.hello != NULL) && !p->client.tls_up &&
+	    p->connect_timeout_ms != 0 &&
 	    conn_now(p) - p->client.last_ms > p->connect_timeout_ms) {
 		conn_tls_fail(p, &p->client, "handshake timed out");
 		return;
@@ -437,8 +653,18 @@ int conn_pair_accept(struct conn_pair *p, uv_stream_t *listener)
 		lsn_addr_str((struct sockaddr *)&ss, p->peer, sizeof(p->peer));
 	/* whole responses leave at once: no 40 ms delayed-ACK stalls */
 	uv_tcp_nodelay(&p->client.tcp, 1);
+	if (p->tls != NULL && p->tls->ica != NULL) {
+		/* the ClientHello first: it names the server to verify */
+		p->intercept = 1;
+		p->client.hello = malloc(sizeof(*p->client.hello));
+		p->client.cbuf = malloc(CONN_CBUF);
+		if (p->client.hello == NULL || p->client.cbuf == NULL)
+			return UV_ENOMEM;
+		tls_hello_init(p->client.hello);
+		return 0;
+	}
 	if (p->tls != NULL && p->tls->client_mode == CONN_TLS_IMPLICIT)
-		return conn_tls_start(p, &p->client, p->tls->server, 1);
+		return conn_tls_start(p, &p->client, p->tls->server, 1, NULL);
 	return 0;
 }
 
@@ -451,18 +677,22 @@ static void conn_on_connect(uv_connect_t *req, int status)
 	if (status < 0) {
 		log_msg(LOG_LVL_WARN, p->sid, "%s upstream=%s connect failed: %s",
 		        p->proto, p->upstream_name, uv_strerror(status));
-		p->up_state = CONN_UP_GONE;
-		p->ops->connected(p, status);
+		conn_up_fail(p, status);
 		return;
 	}
 	uv_tcp_nodelay(&p->upstream.tcp, 1);
+	if (p->intercept) {
+		/* TLS upstream once the client's SNI is known */
+		p->up_tcp = 1;
+		conn_intercept_step(p);
+		return;
+	}
 	if (p->tls != NULL && p->tls->upstream_mode == CONN_TLS_IMPLICIT) {
 		/* connected for the session once the verified TLS session is up */
-		int r = conn_tls_start(p, &p->upstream, p->tls->upstream, 0);
+		int r = conn_tls_start(p, &p->upstream, p->tls->upstream, 0, NULL);
 
 		if (r < 0) {
-			p->up_state = CONN_UP_GONE;
-			p->ops->connected(p, r);
+			conn_up_fail(p, r);
 			return;
 		}
 		if (!p->closing && p->up_state != CONN_UP_GONE)
@@ -545,38 +775,50 @@ int conn_pair_open(struct conn_pair *p, uv_stream_t *listener,
 	return 0;
 }
 
-int conn_pair_connect_original(struct conn_pair *p, unsigned timeout_s)
+int conn_pair_find_original(struct conn_pair *p, struct sockaddr_storage *dst_r)
 {
-	struct sockaddr_storage dst, local;
-	socklen_t dl = sizeof(dst), ll = sizeof(local);
+	struct sockaddr_storage local;
+	socklen_t dl = sizeof(*dst_r), ll = sizeof(local);
 	uv_os_fd_t fd;
 	int r;
 
-	p->connect_timeout_ms = (uint64_t)timeout_s * 1000u;
-	p->up_state = CONN_UP_GONE; /* until the connect is under way */
 	if (uv_fileno((uv_handle_t *)&p->client.tcp, &fd) < 0 ||
 	    getsockname(fd, (struct sockaddr *)&local, &ll) < 0)
 		return UV_EINVAL;
 	/* where the client meant to go, before the router's REDIRECT */
 	if (local.ss_family == AF_INET6)
-		r = getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &dst, &dl);
+		r = getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, dst_r, &dl);
 	else
-		r = getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &dst, &dl);
+		r = getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, dst_r, &dl);
 	if (r < 0) {
 		log_msg(LOG_LVL_WARN, p->sid, "%s no original destination: %s", p->proto,
 		        strerror(errno));
 		return UV_ENOTCONN;
 	}
-	lsn_addr_str((struct sockaddr *)&dst, p->upstream_name, sizeof(p->upstream_name));
+	lsn_addr_str((struct sockaddr *)dst_r, p->upstream_name,
+	             sizeof(p->upstream_name));
 	/* not redirected (a client aimed at the proxy itself): never connect to ourselves
 	 */
-	if (dl == ll && memcmp(&dst, &local, dl) == 0) {
+	if (dl == ll && memcmp(dst_r, &local, dl) == 0) {
 		log_msg(
 		    LOG_LVL_WARN, p->sid,
 		    "%s transparent listener reached directly, not through a redirect",
 		    p->proto);
 		return UV_ELOOP;
 	}
+	return 0;
+}
+
+int conn_pair_connect_original(struct conn_pair *p, unsigned timeout_s)
+{
+	struct sockaddr_storage dst;
+	int r;
+
+	p->connect_timeout_ms = (uint64_t)timeout_s * 1000u;
+	p->up_state = CONN_UP_GONE; /* until the connect is under way */
+	r = conn_pair_find_original(p, &dst);
+	if (r < 0)
+		return r;
 	p->up_state = CONN_UP_CONNECTING;
 	r = conn_connect_addr(p, (struct sockaddr *)&dst);
 	if (r < 0)
@@ -622,7 +864,7 @@ static void conn_on_write(uv_write_t *req, int status)
 
 int conn_write(struct conn_pair *p, struct conn_leg *leg, const char *data, size_t len)
 {
-	if (leg->ssl == NULL)
+	if (leg->ssl == NULL && leg->hello == NULL)
 		return conn_raw_write(p, leg, data, len);
 	if (len == 0)
 		return 0;
@@ -694,7 +936,7 @@ static void conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 	struct conn_leg *leg = conn_leg_of(h->data, h);
 
 	(void)suggested;
-	if (leg->ssl != NULL)
+	if (leg->ssl != NULL || leg->hello != NULL)
 		*buf = uv_buf_init(leg->cbuf, CONN_CBUF);
 	else
 		*buf = uv_buf_init(leg->buf + leg->len, (unsigned)(leg->cap - leg->len));
@@ -707,6 +949,10 @@ static void conn_on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
 
 	if (p->closing || n == 0)
 		return;
+	if (leg->hello != NULL && leg->ssl == NULL) {
+		conn_hello_read(p, leg, n);
+		return;
+	}
 	if (leg->ssl != NULL) {
 		if (n > 0) {
 			BIO_write(SSL_get_rbio(leg->ssl), buf->base, (int)n);
@@ -760,7 +1006,8 @@ void conn_update_reading(struct conn_pair *p, int client_ok, int upstream_ok)
 		struct conn_leg *leg = legs[i];
 		int room = leg->len < leg->cap && !leg->eof;
 
-		if (leg->ssl != NULL && !leg->tls_up) {
+		if ((leg->ssl != NULL || leg->hello != NULL) && !leg->tls_up &&
+		    (leg == &p->client || p->up_state != CONN_UP_GONE)) {
 			/* the handshake reads whatever the session wants */
 			conn_leg_reading(leg, 1);
 			continue;
@@ -799,11 +1046,11 @@ int conn_start_tls(struct conn_pair *p, struct conn_leg *leg)
 	int server = leg == &p->client;
 	SSL_CTX *ctx = p->tls == NULL ? NULL : server ? p->tls->server : p->tls->upstream;
 
-	if (ctx == NULL || leg->ssl != NULL)
+	if (ctx == NULL || leg->ssl != NULL || p->intercept)
 		return UV_EINVAL;
 	leg->len = 0; /* plaintext sent after the command is never trusted */
 	leg->starttls = 1;
-	if (conn_tls_start(p, leg, ctx, server) < 0)
+	if (conn_tls_start(p, leg, ctx, server, NULL) < 0)
 		return UV_ENOMEM;
 	if (!p->closing)
 		conn_leg_reading(leg, 1);
@@ -825,5 +1072,5 @@ int conn_upstream_ready(const struct conn_pair *p)
 
 int conn_leg_tls(const struct conn_leg *leg)
 {
-	return leg->ssl != NULL;
+	return leg->ssl != NULL || leg->hello != NULL;
 }

@@ -17,6 +17,7 @@
 #include <openssl/ssl.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <uv.h>
 
 #include "policy/config.h"
@@ -38,6 +39,16 @@ struct conn_tls_cfg {
 	int verify;                       /* upstream_verify */
 	int has_pin;
 	unsigned char pin[32]; /* SHA-256 of the upstream's SubjectPublicKeyInfo */
+	/*
+	 * Transparent listeners with tls: implicit (redirected 993/995). With
+	 * intercept_ca: ica mints the client's certificates, server has none
+	 * of its own, and the upstream is verified by the client's SNI. Without
+	 * it the TLS is not terminated: passthrough, and relay says whether it
+	 * is relayed unread (1) or refused (0); both modes are then NONE.
+	 */
+	struct intercept_ca *ica;
+	int passthrough;
+	int relay;
 };
 
 /*
@@ -77,9 +88,14 @@ struct conn_leg {
 	char *cbuf;     /* ciphertext read buffer */
 	char *pend;     /* plaintext written before the handshake finished */
 	size_t pend_len, pend_cap;
+	/* intercepting (client leg): the ClientHello read before any TLS
+	   exists, replayed into the SSL once the upstream is verified */
+	struct tls_hello *hello;
 };
 
 struct conn_pair;
+struct intercept_ca;
+struct tls_hello;
 
 struct conn_ops {
 	/* the upstream connection is up (status 0) or failed (status < 0, logged) */
@@ -114,6 +130,12 @@ struct conn_pair {
 	uint64_t connect_timeout_ms;
 	char peer[64];           /* the client's address */
 	char upstream_name[300]; /* "host:port" */
+	/* interception: the name the client asked for (SNI, "" = none), whether
+	   the upstream's TCP connection is up, waiting for that name */
+	char sni[256];
+	int intercept;
+	int hello_done;
+	int up_tcp;
 };
 
 /*
@@ -181,7 +203,8 @@ int conn_upstream_ready(const struct conn_pair *p);
  */
 #define conn_write_lit(p, leg, lit) conn_write((p), (leg), (lit), sizeof(lit) - 1)
 
-/* True when leg carries TLS (up or being negotiated). */
+/* True when leg carries TLS (up, being negotiated, or about to be: a
+   ClientHello being read for interception). */
 int conn_leg_tls(const struct conn_leg *leg);
 
 /* The firewall mark of the proxy's own upstream connections ("MM"). */
@@ -195,6 +218,13 @@ int conn_leg_tls(const struct conn_leg *leg);
  * returned.
  */
 int conn_pair_connect_original(struct conn_pair *p, unsigned timeout_s);
+
+/*
+ * The client connection's original destination into *dst_r and
+ * p->upstream_name. Returns 0, or < 0 (logged) when there is none or the
+ * connection was not redirected.
+ */
+int conn_pair_find_original(struct conn_pair *p, struct sockaddr_storage *dst_r);
 
 /*
  * Nothing of ours waits to reach the peer of leg: no queued write and no

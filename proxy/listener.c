@@ -13,6 +13,7 @@
 #include "proxy/log.h"
 #include "proxy/imap_session.h"
 #include "proxy/pop3_session.h"
+#include "proxy/relay.h"
 #include "proxy/server.h"
 
 void lsn_addr_str(const struct sockaddr *sa, char *buf, size_t len)
@@ -38,7 +39,9 @@ void lsn_addr_str(const struct sockaddr *sa, char *buf, size_t len)
 static void lsn_accept_one(struct lsn *l)
 {
 	l->pending = 0;
-	if (l->lcfg->protocol == CFG_PROTO_IMAP)
+	if (l->tls.passthrough)
+		relay_session_accept(l->srv, l->lcfg, (uv_stream_t *)&l->tcp);
+	else if (l->lcfg->protocol == CFG_PROTO_IMAP)
 		imap_session_accept(l->srv, l->lcfg, (uv_stream_t *)&l->tcp);
 	else
 		pop3_session_accept(l->srv, l->lcfg, (uv_stream_t *)&l->tcp);

@@ -311,6 +311,30 @@ static const struct err_case {
     {"listeners:\n  - protocol: pop3\n    listen: 127.0.0.1:110\n    upstream: h:1\n"
      "    upstream_tls: implicit\n    upstream_pin: sha256//abc\n",
      2, "upstream_pin must be sha256//"},
+/* transparent TLS: interception or not */
+#define LT                                                                               \
+	"listeners:\n  - protocol: pop3\n    listen: 0.0.0.0:10995\n"                    \
+	"    upstream: transparent\n    tls: implicit\n"
+    {LT "    intercept_ca: {certificate: /ca.pem}\n", 6,
+     "missing key 'key' in 'listeners[0].intercept_ca'"},
+    {LT "    intercept_ca: {certificate: /ca.pem, key: /k, pin: x}\n", 6,
+     "unknown key 'pin' in 'listeners[0].intercept_ca'"},
+    {LT "    intercept_ca: /ca.pem\n", 6,
+     "'listeners[0].intercept_ca' must be a mapping"},
+    {LT "    intercept_ca: {certificate: /c, key: /k}\n    unscanned_tls: relay\n", 2,
+     "unscanned_tls is for listeners without intercept_ca"},
+    {LT "    unscanned_tls: scan\n", 6, "unknown value 'scan' (allowed: refuse, relay)"},
+    {LT "    upstream_tls: none\n", 2, "needs upstream_tls: implicit"},
+    {LT "    upstream_name: pop.example.jp\n", 2,
+     "'upstream_name' does not apply to a transparent TLS listener"},
+    {LT "    certificate: /c\n    key: /k\n", 2,
+     "'certificate' does not apply to a transparent TLS listener (its TLS is relayed"},
+    {"listeners:\n  - protocol: pop3\n    listen: 0.0.0.0:10995\n    upstream: h:995\n"
+     "    intercept_ca: {certificate: /c, key: /k}\n",
+     2, "intercept_ca needs upstream: transparent and tls: implicit"},
+    {"listeners:\n  - protocol: pop3\n    listen: 0.0.0.0:10110\n"
+     "    upstream: transparent\n    unscanned_tls: relay\n",
+     2, "unscanned_tls applies to upstream: transparent with tls: implicit only"},
     {L1 "scanner:\n  clamav:\n    max_filesize: 1M\n    heuristics: yes\n", 6,
      "unknown key 'heuristics' in 'scanner.clamav'"},
     {L1 "scanner:\n  clamd: {}\n", 4, "unknown key 'clamd' in 'scanner'"},
@@ -487,6 +511,36 @@ START_TEST(errors_in_several_listeners)
 	ASSERT_ERROR(&l, 4, "duplicate listen address");
 	ASSERT_ERROR(&l, 5, "'listeners[3]' must be a mapping");
 	ck_assert_uint_eq(count_errors(&l), 3);
+	loaded_free(&l);
+}
+END_TEST
+
+/* Transparent TLS listeners: defaults filled in, interception read. */
+START_TEST(transparent_tls)
+{
+	struct loaded l;
+
+	load_text("listeners:\n"
+	          "  - protocol: imap\n    listen: 0.0.0.0:10993\n"
+	          "    upstream: transparent\n    tls: implicit\n"
+	          "    intercept_ca:\n      certificate: /etc/mailmoat/ca.pem\n"
+	          "      key: /etc/mailmoat/ca.key\n"
+	          "  - protocol: pop3\n    listen: 0.0.0.0:10995\n"
+	          "    upstream: transparent\n    tls: implicit\n"
+	          "    unscanned_tls: relay\n"
+	          "  - protocol: pop3\n    listen: 0.0.0.0:10996\n"
+	          "    upstream: transparent\n    tls: implicit\n",
+	          &l);
+	ck_assert_msg(l.rc == 0, "errors:\n%s", l.errs);
+	ck_assert_str_eq(l.cfg->listeners[0].intercept_ca_certificate,
+	                 "/etc/mailmoat/ca.pem");
+	ck_assert_str_eq(l.cfg->listeners[0].intercept_ca_key, "/etc/mailmoat/ca.key");
+	ck_assert_str_eq(l.cfg->listeners[0].upstream_tls, "implicit");
+	ck_assert_str_eq(l.cfg->listeners[0].unscanned_tls, "");
+	ck_assert_str_eq(l.cfg->listeners[1].unscanned_tls, "relay");
+	ck_assert_str_eq(l.cfg->listeners[1].intercept_ca_certificate, "");
+	ck_assert_str_eq(l.cfg->listeners[2].unscanned_tls, "refuse");
+	ck_assert_str_eq(l.cfg->listeners[2].upstream_tls, "implicit");
 	loaded_free(&l);
 }
 END_TEST
@@ -679,6 +733,7 @@ static Suite *config_suite(void)
 	tcase_add_test(tc, non_default_values);
 	tcase_add_test(tc, minimal_gets_defaults);
 	tcase_add_test(tc, empty_sections_keep_defaults);
+	tcase_add_test(tc, transparent_tls);
 	tcase_add_test(tc, too_long_string);
 	tcase_add_test(tc, missing_file);
 	tcase_add_test(tc, names);
