@@ -111,6 +111,14 @@ static int conn_tls_setup_transparent(struct conn_tls_cfg *t,
 		        lc->listen_port, err);
 		return -1;
 	}
+	/* leaves of a CA outside its validity fail in every client: say so now */
+	if (X509_cmp_current_time(X509_get0_notAfter(intercept_ca_cert(t->ica))) <= 0 ||
+	    X509_cmp_current_time(X509_get0_notBefore(intercept_ca_cert(t->ica))) >= 0) {
+		log_msg(LOG_LVL_ERROR, NULL,
+		        "listener %s:%u: intercept_ca %s is expired or not yet valid",
+		        lc->listen_host, lc->listen_port, lc->intercept_ca_certificate);
+		return -1;
+	}
 	t->server = conn_tls_ctx(1);
 	log_msg(LOG_LVL_WARN, NULL,
 	        "listener %s:%u: TLS INTERCEPTED with the local CA %s: clients "
@@ -536,8 +544,9 @@ static void conn_hello_read(struct conn_pair *p, struct conn_leg *leg, ssize_t n
 			return;
 		}
 	}
-	log_msg(LOG_LVL_WARN, p->sid, "%s client=%s server=%s: no TLS ClientHello: %s",
-	        p->proto, p->peer, p->upstream_name,
+	log_msg(LOG_LVL_WARN, p->sid, "%s client=%s server=%s: %s: %s", p->proto, p->peer,
+	        p->upstream_name,
+	        p->hello_done ? "TLS input refused" : "no TLS ClientHello",
 	        leg->hello->error != NULL ? leg->hello->error : "bad input");
 	uv_read_stop((uv_stream_t *)&leg->tcp);
 	leg->reading = 0;

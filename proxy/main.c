@@ -84,6 +84,30 @@ static int main_run(const char *path)
 	return r == 0 ? 0 : 1;
 }
 
+/*
+ * The listeners' TLS files (certificates, keys, CA files, intercept CAs)
+ * loaded as the daemon will load them: a file that cannot be used is an
+ * error of --check-config, not a surprise at start.
+ */
+static int main_check_tls(const char *path, const struct config *cfg)
+{
+	int bad = 0;
+
+	for (unsigned i = 0; i < cfg->n_listeners; i++) {
+		struct conn_tls_cfg t;
+
+		if (conn_tls_setup(&t, &cfg->listeners[i]) < 0) {
+			fprintf(
+			    stderr,
+			    "%s:%d: listeners[%u]: TLS files unusable (reason above)\n",
+			    path, cfg->listeners[i].line, i);
+			bad = 1;
+		}
+		conn_tls_cleanup(&t);
+	}
+	return bad ? -1 : 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 3 && strcmp(argv[1], "--config") == 0)
@@ -93,6 +117,10 @@ int main(int argc, char **argv)
 
 		if (config_load(argv[2], &cfg, stderr) < 0)
 			return 1;
+		if (main_check_tls(argv[2], cfg) < 0) {
+			config_free(&cfg);
+			return 1;
+		}
 		config_free(&cfg);
 		printf("%s: configuration OK\n", argv[2]);
 		return 0;
