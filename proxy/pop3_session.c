@@ -1380,6 +1380,7 @@ static void p3_on_connected(struct conn_pair *p, int status)
 	if (status < 0) {
 		conn_write_lit(&s->c, &s->c.client,
 		               "-ERR [SYS/TEMP] mailmoat: upstream unavailable\r\n");
+		s->end_reason = "upstream unavailable";
 		s->close_after_flush = 1;
 	}
 	p3_run(s);

@@ -331,6 +331,44 @@ def spki_pin(cert_path):
     return "sha256//" + base64.b64encode(hashlib.sha256(der).digest()).decode("ascii")
 
 
+def _pki_cnf_in(d):
+    """The openssl configuration of the test PKI in directory d (created;
+    written once), for the helpers below."""
+    d = os.path.abspath(d)
+    os.makedirs(d, exist_ok=True)
+    cnf = os.path.join(d, "openssl.cnf")
+    if not os.path.exists(cnf):
+        with open(cnf, "w") as f:
+            f.write(_PKI_CNF)
+    return cnf
+
+
+def make_ca(d, name, cn):
+    """A self-signed root CA (EC P-256, ten years) in directory d (created):
+    returns (cert, key), the files d/NAME.pem and d/NAME.key."""
+    return _pki_ca(os.path.abspath(d), name, cn, _pki_cnf_in(d))
+
+
+def make_intercept_ca(d, name="intercept-ca", cn="mailmoat test intercept CA"):
+    """The local CA of TLS interception (a transparent listener's
+    `intercept_ca: {certificate, key}`): a root of its own, trusted by the
+    test's clients only. Returns (cert, key)."""
+    return make_ca(d, name, cn)
+
+
+def make_server_cert(d, name, dns, issuer, ip=HOST):
+    """A server certificate for the DNS name dns (and the IP address ip;
+    None for none) signed by issuer, a (cert, key) such as make_ca's.
+    Returns (cert, key), the files d/NAME.pem and d/NAME.key."""
+    d = os.path.abspath(d)
+    cnf = _pki_cnf_in(d)
+    cert, key = _pki_leaf(d, name, dns, issuer, cnf, ip=ip)
+    csr = os.path.join(d, name + ".csr")
+    if os.path.exists(csr):
+        os.unlink(csr)
+    return cert, key
+
+
 # -------------------------------------------------------------- dovecot ----
 
 def mail_ids():
