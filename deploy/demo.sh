@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 SRC=$(pwd)
 
 PACKAGES=(build-essential cmake pkg-config libuv1-dev libssl-dev libclamav-dev check
-          libyaml-dev libgmime-3.0-dev dovecot-core dovecot-pop3d dovecot-imapd
+          libyaml-dev libgmime-3.0-dev libsqlite3-dev libcurl4-openssl-dev dovecot-core dovecot-pop3d dovecot-imapd
           clamav-testfiles python3 fetchmail curl isync)
 
 if [ "$(id -u)" -ne 0 ]; then

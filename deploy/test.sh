@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 SRC=$(pwd)
 
 PACKAGES=(build-essential dpkg-dev cmake pkg-config libuv1-dev libssl-dev libclamav-dev check
-          libyaml-dev libgmime-3.0-dev dovecot-core dovecot-pop3d dovecot-imapd
+          libyaml-dev libgmime-3.0-dev libsqlite3-dev libcurl4-openssl-dev dovecot-core dovecot-pop3d dovecot-imapd
           clamav-testfiles python3 fetchmail curl isync clang libclang-rt-14-dev zip openssl nftables iproute2)
 
 if [ "$(id -u)" -ne 0 ]; then

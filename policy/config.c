@@ -18,8 +18,11 @@
  * file cannot make it recurse or expand without bound.
  */
 #include "policy/config.h"
+#include "policy/notice.h"
+#include "scanners/attach.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -41,15 +44,28 @@ static const char *const action_names[] = {
     [POLICY_PASS] = "pass",
     [POLICY_QUARANTINE] = "quarantine",
     [POLICY_ABORT] = "abort",
+    [POLICY_TAG] = "tag",
 };
 _Static_assert(sizeof action_names / sizeof action_names[0] == POLICY_ACTION_COUNT,
                "action_names must name every enum policy_action member");
+
+static const char *const kind_names[] = {
+    [PK_MALICIOUS] = "malicious",
+    [PK_SCAN_ERROR] = "scan_error",
+    [PK_OVERSIZE] = "oversize",
+    [PK_ENCRYPTED_ARCHIVE] = "encrypted_archive",
+    [PK_BLOCKED_ATTACHMENT] = "blocked_attachment",
+    [PK_DENIED_SENDER] = "denied_sender",
+};
+_Static_assert(sizeof kind_names / sizeof kind_names[0] == PK_COUNT,
+               "kind_names must name every enum policy_kind member");
 
 /* The levels proxy/log.c knows; kept here so policy does not depend on proxy. */
 static const char *const log_level_names[] = {"error", "warn", "info", "debug"};
 static const char *const tls_names[] = {"none", "implicit", "starttls", "required"};
 static const char *const bool_names[] = {"true", "false"};
 static const char *const unscanned_names[] = {"refuse", "relay"};
+static const char *const log_target_names[] = {"auto", "stderr", "syslog"};
 #define N_LOG_LEVELS (sizeof log_level_names / sizeof log_level_names[0])
 
 /*
@@ -63,9 +79,17 @@ const char *cfg_protocol_name(enum cfg_protocol p)
 	return protocol_names[p];
 }
 
+/* "malicious", "scan_error", ...; "?" outside the enum. */
+const char *policy_kind_name(enum policy_kind k)
+{
+	if ((unsigned)k >= PK_COUNT)
+		return "?";
+	return kind_names[k];
+}
+
 /*
  * Returns the configuration name of an action ("pass", "quarantine",
- * "abort"), or "?" for a value outside the enum.
+ * "abort", "tag"), or "?" for a value outside the enum.
  */
 const char *policy_action_name(enum policy_action a)
 {
@@ -107,9 +131,20 @@ void config_defaults(struct config *cfg)
 	cfg->clamav_mime_split_above = 8ULL << 20;
 
 	SET_STR(cfg->quarantine_dir, "/var/lib/mailmoat/quarantine");
+	cfg->quarantine_retention_days = 30;
+	SET_STR(cfg->release_method, "imap");
+	SET_STR(cfg->release_mailbox, "INBOX");
+	SET_STR(cfg->control_socket, "/run/mailmoat/control.sock");
 
 	cfg->on_malicious = POLICY_QUARANTINE;
 	cfg->on_scan_error = POLICY_QUARANTINE;
+	/* failing closed: every condition quarantines unless told otherwise */
+	for (int k = 0; k < PK_COUNT; k++)
+		cfg->policy.action[k] = POLICY_QUARANTINE;
+	cfg->policy.double_extensions = 1;
+	cfg->policy.scan_append = 1;
+	SET_STR(cfg->policy.notice_template, "ja+en");
+	SET_STR(cfg->policy.tag_prefix, "[mailmoat]");
 
 	SET_STR(cfg->admin_contact, "your mail administrator");
 
@@ -128,6 +163,7 @@ void config_defaults(struct config *cfg)
 	cfg->readahead = 2;
 
 	SET_STR(cfg->log_level, "info");
+	SET_STR(cfg->log_target, "auto");
 }
 
 /* ---- numbers and sizes ---- */
@@ -432,6 +468,16 @@ enum field_kind {
 	FK_PROTOCOL,    /* enum cfg_protocol */
 	FK_LISTEN_ADDR, /* host char[len] at off, uint16_t port at off2: numeric */
 	FK_HOST_PORT,   /* same, host names allowed */
+	FK_LIST,        /* struct cfg_list from a sequence of scalars: list_kind */
+	FK_BOOL,        /* int: true | false */
+	FK_RULES,       /* the rules sequence */
+};
+
+/* What the items of an FK_LIST must look like. */
+enum list_kind {
+	LK_EXTENSION, /* a file name extension: "exe" (a leading dot dropped) */
+	LK_MIME_TYPE, /* type/subtype */
+	LK_SENDER,    /* local@domain or @domain */
 };
 
 struct field {
@@ -446,10 +492,13 @@ struct field {
 	const struct field *sub;  /* FK_SECTION */
 	const char *const *names; /* FK_NAME */
 	size_t n_names;
+	enum list_kind list_kind; /* FK_LIST */
+	uint32_t setbit;          /* when given: OR'ed into the uint32_t at set_off */
+	size_t set_off;
 };
 
 /* Most fields one mapping may have; tables are checked against it below. */
-#define FIELDS_MAX 16
+#define FIELDS_MAX 32
 
 #define MEMBER_SIZE(type, m) sizeof(((type *)0)->m)
 #define F_STR(k, m)                                                                      \
@@ -559,19 +608,177 @@ static const struct field scanner_fields[] = {
     {.key = NULL},
 };
 
-static const struct field quarantine_fields[] = {
-    F_STR("dir", quarantine_dir),
+static const char *const release_names[] = {"imap", "smtp"};
+
+#define F_OPT(k, m)                                                                      \
+	{                                                                                \
+		.key = k, .kind = FK_OPT_STRING, .off = offsetof(struct config, m),      \
+		.len = MEMBER_SIZE(struct config, m)                                     \
+	}
+
+static const struct field release_fields[] = {
+    {.key = "method",
+     .kind = FK_NAME,
+     .off = offsetof(struct config, release_method),
+     .len = MEMBER_SIZE(struct config, release_method),
+     .names = release_names,
+     .n_names = 2},
+    F_OPT("imap_url", release_imap_url),
+    F_OPT("imap_user", release_imap_user),
+    F_OPT("password_file", release_password_file),
+    F_STR("mailbox", release_mailbox),
+    F_OPT("smtp_url", release_smtp_url),
+    F_OPT("smtp_from", release_smtp_from),
+    F_OPT("smtp_domain", release_smtp_domain),
+    F_OPT("ca", release_ca),
     {.key = NULL},
 };
+
+static const struct field quarantine_fields[] = {
+    F_STR("dir", quarantine_dir),
+    /* 0: kept until an admin deletes them */
+    F_UINT("retention_days", quarantine_retention_days, 0, 36500, 1),
+    {.key = "index",
+     .kind = FK_OPT_STRING,
+     .off = offsetof(struct config, quarantine_index),
+     .len = MEMBER_SIZE(struct config, quarantine_index)},
+    F_SECTION("release", release_fields),
+    {.key = NULL},
+};
+
+static const struct field control_fields[] = {
+    {.key = "socket",
+     .kind = FK_OPT_STRING,
+     .off = offsetof(struct config, control_socket),
+     .len = MEMBER_SIZE(struct config, control_socket)},
+    {.key = NULL},
+};
+
+static const struct field metrics_fields[] = {
+    {.key = "listen",
+     .kind = FK_LISTEN_ADDR,
+     .off = offsetof(struct config, metrics_listen_host),
+     .len = MEMBER_SIZE(struct config, metrics_listen_host),
+     .off2 = offsetof(struct config, metrics_listen_port)},
+    {.key = NULL},
+};
+
+/*
+ * Policy fields, for policy: (T = struct config, P = policy) and for each
+ * rule (T = struct cfg_rule, P = ps). Every one records that it was set.
+ */
+#define P_SET(T, P, bit) .setbit = (bit), .set_off = offsetof(T, P.set)
+#define P_ACTION(k, T, P, pk)                                                          \
+	{                                                                                \
+		.key = k, .kind = FK_ACTION, .off = offsetof(T, P.action[pk]),         \
+		P_SET(T, P, PS_ACTION0 << (pk))                                        \
+	}
+#define P_LIST(k, T, P, m, lk, bit)                                                      \
+	{                                                                                \
+		.key = k, .kind = FK_LIST, .off = offsetof(T, P.m), .list_kind = lk,     \
+		P_SET(T, P, bit)                                                         \
+	}
+#define P_BOOL(k, T, P, m, bit)                                                          \
+	{                                                                                \
+		.key = k, .kind = FK_BOOL, .off = offsetof(T, P.m), P_SET(T, P, bit)     \
+	}
+#define P_STR(k, T, P, m, bit)                                                           \
+	{                                                                                \
+		.key = k, .kind = FK_STRING, .off = offsetof(T, P.m),                    \
+		.len = MEMBER_SIZE(T, P.m), P_SET(T, P, bit)                             \
+	}
+#define P_SIZE(k, T, P, m, lo, hi, bit)                                                  \
+	{                                                                                \
+		.key = k, .kind = FK_SIZE, .off = offsetof(T, P.m), .min = lo,           \
+		.max = hi, P_SET(T, P, bit)                                              \
+	}
+#define P_UINT(k, T, P, m, lo, hi, sc, bit)                                              \
+	{                                                                                \
+		.key = k, .kind = FK_UINT, .off = offsetof(T, P.m), .min = lo,           \
+		.max = hi, .scale = sc, P_SET(T, P, bit)                                 \
+	}
+/* the fields policy: and a rule share */
+#define POLICY_COMMON(T, P)                                                              \
+	P_ACTION("on_oversize", T, P, PK_OVERSIZE),                                      \
+	    P_ACTION("on_encrypted_archive", T, P, PK_ENCRYPTED_ARCHIVE),                \
+	    P_ACTION("on_blocked_attachment", T, P, PK_BLOCKED_ATTACHMENT),              \
+	    P_ACTION("on_denied_sender", T, P, PK_DENIED_SENDER),                        \
+	    P_LIST("blocked_extensions", T, P, blocked_extensions, LK_EXTENSION,         \
+	           PS_BLOCKED_EXT),                                                      \
+	    P_LIST("blocked_mime_types", T, P, blocked_mime_types, LK_MIME_TYPE,         \
+	           PS_BLOCKED_MIME),                                                     \
+	    P_BOOL("double_extensions", T, P, double_extensions, PS_DOUBLE_EXT),         \
+	    P_LIST("sender_allow", T, P, sender_allow, LK_SENDER, PS_SENDER_ALLOW),      \
+	    P_LIST("sender_deny", T, P, sender_deny, LK_SENDER, PS_SENDER_DENY),         \
+	    P_BOOL("scan_append", T, P, scan_append, PS_SCAN_APPEND),                    \
+	    P_STR("tag_prefix", T, P, tag_prefix, PS_TAG_PREFIX)
 
 static const struct field policy_fields[] = {
     F_ACTION("on_malicious", on_malicious),
     F_ACTION("on_scan_error", on_scan_error),
+    POLICY_COMMON(struct config, policy),
+    {.key = NULL},
+};
+
+static const struct field rule_match_fields[] = {
+    {.key = "listener",
+     .kind = FK_LISTEN_ADDR,
+     .off = offsetof(struct cfg_rule, m_listener_host),
+     .len = MEMBER_SIZE(struct cfg_rule, m_listener_host),
+     .off2 = offsetof(struct cfg_rule, m_listener_port)},
+    {.key = "upstream",
+     .kind = FK_STRING,
+     .off = offsetof(struct cfg_rule, m_upstream_host),
+     .len = MEMBER_SIZE(struct cfg_rule, m_upstream_host)},
+    {.key = "user",
+     .kind = FK_STRING,
+     .off = offsetof(struct cfg_rule, m_user),
+     .len = MEMBER_SIZE(struct cfg_rule, m_user)},
+    {.key = "domain",
+     .kind = FK_STRING,
+     .off = offsetof(struct cfg_rule, m_domain),
+     .len = MEMBER_SIZE(struct cfg_rule, m_domain)},
+    {.key = NULL},
+};
+
+static const struct field rule_scanner_fields[] = {
+    P_SIZE("max_filesize", struct cfg_rule, ps, max_filesize, 1, MAX_CLAM_SIZE,
+           PS_MAX_FILESIZE),
+    P_SIZE("max_scansize", struct cfg_rule, ps, max_scansize, 1, MAX_CLAM_SIZE,
+           PS_MAX_SCANSIZE),
+    P_UINT("max_recursion", struct cfg_rule, ps, max_recursion, 1, 1000, 1,
+           PS_MAX_RECURSION),
+    P_UINT("max_files", struct cfg_rule, ps, max_files, 1, UINT32_MAX, 1, PS_MAX_FILES),
+    P_UINT("max_scantime", struct cfg_rule, ps, max_scantime_ms, 1, MAX_TIMEOUT, 1000,
+           PS_MAX_SCANTIME),
+    {.key = NULL},
+};
+
+static const struct field rule_fields[] = {
+    {.key = "name",
+     .kind = FK_OPT_STRING,
+     .off = offsetof(struct cfg_rule, name),
+     .len = MEMBER_SIZE(struct cfg_rule, name)},
+    {.key = "match", .kind = FK_SECTION, .required = true, .sub = rule_match_fields},
+    P_ACTION("on_malicious", struct cfg_rule, ps, PK_MALICIOUS),
+    P_ACTION("on_scan_error", struct cfg_rule, ps, PK_SCAN_ERROR),
+    POLICY_COMMON(struct cfg_rule, ps),
+    P_SIZE("max_message_size", struct cfg_rule, ps, max_message_size, 1, UINT64_MAX,
+           PS_MAX_MESSAGE_SIZE),
+    {.key = "scanner", .kind = FK_SECTION, .sub = rule_scanner_fields},
+    P_UINT("keepalive", struct cfg_rule, ps, keepalive, 0, MAX_TIMEOUT, 1, PS_KEEPALIVE),
+    P_STR("notice_template", struct cfg_rule, ps, notice_template, PS_NOTICE_TEMPLATE),
+    P_STR("admin_contact", struct cfg_rule, ps, admin_contact, PS_ADMIN_CONTACT),
     {.key = NULL},
 };
 
 static const struct field notice_fields[] = {
     F_STR("admin_contact", admin_contact),
+    P_STR("template", struct config, policy, notice_template, PS_NOTICE_TEMPLATE),
+    {.key = "templates_dir",
+     .kind = FK_OPT_STRING,
+     .off = offsetof(struct config, notice_templates_dir),
+     .len = MEMBER_SIZE(struct config, notice_templates_dir)},
     {.key = NULL},
 };
 
@@ -608,10 +815,19 @@ static const struct field top_fields[] = {
     F_SECTION("spool", spool_fields),
     F_SECTION("timeouts", timeout_fields),
     F_SECTION("limits", limit_fields),
+    F_SECTION("control", control_fields),
+    {.key = "rules", .kind = FK_RULES},
+    F_SECTION("metrics", metrics_fields),
     {.key = "user",
      .kind = FK_OPT_STRING,
      .off = offsetof(struct config, run_as),
      .len = MEMBER_SIZE(struct config, run_as)},
+    {.key = "log_target",
+     .kind = FK_NAME,
+     .off = offsetof(struct config, log_target),
+     .len = MEMBER_SIZE(struct config, log_target),
+     .names = log_target_names,
+     .n_names = 3},
     {.key = "log_level",
      .kind = FK_NAME,
      .off = offsetof(struct config, log_level),
@@ -625,6 +841,8 @@ _Static_assert(N_FIELDS(top_fields) <= FIELDS_MAX, "top_fields too long");
 _Static_assert(N_FIELDS(clamav_fields) <= FIELDS_MAX, "clamav_fields too long");
 _Static_assert(N_FIELDS(listener_fields) <= FIELDS_MAX, "listener_fields too long");
 _Static_assert(N_FIELDS(timeout_fields) <= FIELDS_MAX, "timeout_fields too long");
+_Static_assert(N_FIELDS(rule_fields) <= FIELDS_MAX, "rule_fields too long");
+_Static_assert(N_FIELDS(policy_fields) <= FIELDS_MAX, "policy_fields too long");
 
 /* ---- the walk ---- */
 
@@ -799,6 +1017,161 @@ static void set_address(struct load_ctx *ctx, const struct field *f, const yaml_
 }
 
 static void load_listeners(struct load_ctx *ctx, const yaml_node_t *seq);
+static void load_rules(struct load_ctx *ctx, const yaml_node_t *seq);
+
+#define LIST_MAX_ITEMS 256
+#define LIST_ITEM_MAX 128
+
+static void list_free(struct cfg_list *l)
+{
+	for (unsigned i = 0; i < l->n; i++)
+		free(l->items[i]);
+	free(l->items);
+	l->items = NULL;
+	l->n = 0;
+}
+
+static int list_set(struct cfg_list *l, const char *const *items, size_t n)
+{
+	list_free(l);
+	l->items = calloc(n ? n : 1, sizeof(*l->items));
+	if (l->items == NULL)
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		l->items[i] = strdup(items[i]);
+		if (l->items[i] == NULL)
+			return -1;
+		l->n++;
+	}
+	return 0;
+}
+
+static bool token_char(char c)
+{
+	return isalnum((unsigned char)c) || strchr("!#$&^_.+-", c) != NULL;
+}
+
+/*
+ * Normalises one list item in place (lower case; an extension loses a
+ * leading dot) and checks its shape. Returns NULL or why it is refused.
+ */
+static const char *list_item_check(enum list_kind k, char *v)
+{
+	char *at, *slash;
+
+	for (char *p = v; *p; p++)
+		*p = (char)tolower((unsigned char)*p);
+	switch (k) {
+	case LK_EXTENSION:
+		if (v[0] == '.')
+			memmove(v, v + 1, strlen(v));
+		if (v[0] == '\0' || strlen(v) > 32 || v[strlen(v) - 1] == '.' ||
+		    strspn(v, "abcdefghijklmnopqrstuvwxyz0123456789-_.") != strlen(v))
+			return "an extension is letters, digits, '-', '_' or inner dots "
+			       "(\"exe\", \".exe\", \"tar.gz\")";
+		return NULL;
+	case LK_MIME_TYPE:
+		slash = strchr(v, '/');
+		if (slash == NULL || slash == v || slash[1] == '\0' ||
+		    strchr(slash + 1, '/') != NULL)
+			return "a MIME type is type/subtype "
+			       "(\"application/x-msdownload\")";
+		for (char *p = v; *p; p++)
+			if (p != slash && !token_char(*p) && !(*p == '*' && p[1] == '\0'))
+				return "a MIME type is type/subtype "
+				       "(\"application/x-msdownload\")";
+		return NULL;
+	case LK_SENDER:
+		at = strrchr(v, '@');
+		if (at == NULL || !is_hostname(at + 1))
+			return "a sender is an address (taro@example.jp) or a domain "
+			       "(@example.jp)";
+		for (char *p = v; p < at; p++)
+			if ((unsigned char)*p <= 0x20 || *p == 0x7f || *p == '@')
+				return "a sender is an address (taro@example.jp) or a "
+				       "domain "
+				       "(@example.jp)";
+		return NULL;
+	}
+	return "unknown list";
+}
+
+static void set_list(struct load_ctx *ctx, const struct field *f, const yaml_node_t *n,
+                     struct cfg_list *dst, const char *name)
+{
+	const yaml_node_item_t *it;
+	size_t count;
+	char sbuf[64];
+
+	list_free(dst);
+	if (is_null(n))
+		return; /* an empty list */
+	if (n->type != YAML_SEQUENCE_NODE) {
+		report(ctx, node_line(n),
+		       "%s: must be a list ([a, b] or '- a' lines), found %s", name,
+		       node_kind(n));
+		return;
+	}
+	count = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+	if (count > LIST_MAX_ITEMS) {
+		report(ctx, node_line(n), "%s: too many items (at most %d)", name,
+		       LIST_MAX_ITEMS);
+		return;
+	}
+	dst->items = calloc(count ? count : 1, sizeof(*dst->items));
+	if (dst->items == NULL) {
+		report(ctx, node_line(n), "out of memory");
+		return;
+	}
+	for (it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
+		const yaml_node_t *item = yaml_document_get_node(ctx->doc, *it);
+		char buf[LIST_ITEM_MAX];
+		const char *v, *why;
+		size_t len;
+
+		if (item == NULL || (v = want_scalar(ctx, item, name, &len)) == NULL)
+			continue;
+		if (len == 0 || len >= sizeof(buf) || memchr(v, '\0', len) != NULL) {
+			report(ctx, node_line(item), "%s: '%s': empty or too long", name,
+			       shown(sbuf, sizeof sbuf, v, len));
+			continue;
+		}
+		memcpy(buf, v, len);
+		buf[len] = '\0';
+		why = list_item_check(f->list_kind, buf);
+		if (why != NULL) {
+			report(ctx, node_line(item), "%s: '%s': %s", name,
+			       shown(sbuf, sizeof sbuf, v, len), why);
+			continue;
+		}
+		dst->items[dst->n] = strdup(buf);
+		if (dst->items[dst->n] == NULL) {
+			report(ctx, node_line(item), "out of memory");
+			return;
+		}
+		dst->n++;
+	}
+}
+
+static void set_bool(struct load_ctx *ctx, const yaml_node_t *n, int *dst,
+                     const char *name)
+{
+	char sbuf[64];
+	const char *v;
+	size_t len;
+	int idx;
+
+	v = want_scalar(ctx, n, name, &len);
+	if (v == NULL)
+		return;
+	idx = lookup_name(bool_names, 2, v, len);
+	if (idx < 0) {
+		report(ctx, node_line(n), "%s: unknown value '%s' (allowed: true, false)",
+		       name, shown(sbuf, sizeof sbuf, v, len));
+		return;
+	}
+	*dst = idx == 0;
+}
 
 /* Stores one value according to its field. */
 static void apply_field(struct load_ctx *ctx, const struct field *f, const yaml_node_t *n,
@@ -823,21 +1196,32 @@ static void apply_field(struct load_ctx *ctx, const struct field *f, const yaml_
 	case FK_STRING:
 	case FK_OPT_STRING:
 		set_string(ctx, f, n, dst, name);
-		return;
+		break;
 	case FK_NAME:
 	case FK_ACTION:
 	case FK_PROTOCOL:
 		set_named(ctx, f, n, dst, name);
-		return;
+		break;
 	case FK_UINT:
 	case FK_SIZE:
 		set_number(ctx, f, n, dst, name);
-		return;
+		break;
 	case FK_LISTEN_ADDR:
 	case FK_HOST_PORT:
 		set_address(ctx, f, n, base, name);
+		break;
+	case FK_LIST:
+		set_list(ctx, f, n, dst, name);
+		break;
+	case FK_BOOL:
+		set_bool(ctx, n, dst, name);
+		break;
+	case FK_RULES:
+		load_rules(ctx, n);
 		return;
 	}
+	if (f->setbit != 0)
+		*(uint32_t *)((char *)base + f->set_off) |= f->setbit;
 }
 
 /*
@@ -1082,6 +1466,164 @@ static void load_listeners(struct load_ctx *ctx, const yaml_node_t *seq)
 	}
 }
 
+/*
+ * Loads the rules sequence into cfg->rules (allocated here). A rule must
+ * match on something (policy: is the rule for everyone); match.upstream
+ * is HOST or HOST:PORT ([v6] or [v6]:PORT); user and domain compare
+ * without case.
+ */
+static void load_rules(struct load_ctx *ctx, const yaml_node_t *seq)
+{
+	struct config *cfg = ctx->cfg;
+	const yaml_node_item_t *it;
+	size_t n;
+
+	if (is_null(seq))
+		return;
+	if (seq->type != YAML_SEQUENCE_NODE) {
+		report(ctx, node_line(seq),
+		       "'rules' must be a sequence of rules, found %s", node_kind(seq));
+		return;
+	}
+	n = (size_t)(seq->data.sequence.items.top - seq->data.sequence.items.start);
+	if (n == 0)
+		return;
+	if (n > 10000) {
+		report(ctx, node_line(seq), "'rules': too many (at most 10000)");
+		return;
+	}
+	cfg->rules = calloc(n, sizeof(*cfg->rules));
+	if (cfg->rules == NULL) {
+		report(ctx, node_line(seq), "out of memory");
+		return;
+	}
+	cfg->n_rules = (unsigned)n;
+	it = seq->data.sequence.items.start;
+	for (size_t i = 0; i < n; i++, it++) {
+		const yaml_node_t *item = yaml_document_get_node(ctx->doc, *it);
+		struct cfg_rule *r = &cfg->rules[i];
+		char name[48];
+
+		snprintf(name, sizeof name, "rules[%zu]", i);
+		if (item == NULL)
+			continue;
+		r->line = node_line(item);
+		if (item->type != YAML_MAPPING_NODE) {
+			report(
+			    ctx, node_line(item),
+			    "'%s' must be a mapping (match and what it sets), found %s",
+			    name, node_kind(item));
+			continue;
+		}
+		walk_mapping(ctx, item, rule_fields, r, name);
+		if (r->name[0] == '\0')
+			snprintf(r->name, sizeof(r->name), "rules[%zu]", i);
+		for (char *p = r->m_user; *p; p++)
+			*p = (char)tolower((unsigned char)*p);
+		for (char *p = r->m_domain; *p; p++)
+			*p = (char)tolower((unsigned char)*p);
+		if (r->m_domain[0] == '@')
+			memmove(r->m_domain, r->m_domain + 1, strlen(r->m_domain));
+		if (r->m_domain[0] != '\0' && !is_hostname(r->m_domain))
+			report(ctx, r->line, "%s: match.domain '%s' is not a domain name",
+			       name, r->m_domain);
+		if (r->m_upstream_host[0] != '\0') {
+			char host[CFG_HOST_MAX];
+			const char *why = NULL;
+			uint16_t port = 0;
+			size_t len = strlen(r->m_upstream_host);
+			int has_port = r->m_upstream_host[len - 1] != ']' &&
+			               strchr(r->m_upstream_host, ':') != NULL &&
+			               (r->m_upstream_host[0] == '[' ||
+			                strchr(r->m_upstream_host, ':') ==
+			                    strrchr(r->m_upstream_host, ':'));
+
+			if (has_port) {
+				if (parse_hostport(r->m_upstream_host, len, false, host,
+				                   sizeof(host), &port, &why) < 0) {
+					report(ctx, r->line,
+					       "%s: match.upstream '%s': %s", name,
+					       r->m_upstream_host, why);
+					continue;
+				}
+			} else {
+				snprintf(host, sizeof(host), "%s", r->m_upstream_host);
+				if (host[0] == '[') {
+					memmove(host, host + 1, strlen(host));
+					host[strlen(host) - 1] = '\0';
+				}
+			}
+			for (char *p = host; *p; p++)
+				*p = (char)tolower((unsigned char)*p);
+			snprintf(r->m_upstream_host, sizeof(r->m_upstream_host), "%s",
+			         host);
+			r->m_upstream_port = port;
+		}
+		if (r->m_listener_port == 0 && r->m_upstream_host[0] == '\0' &&
+		    r->m_user[0] == '\0' && r->m_domain[0] == '\0')
+			report(
+			    ctx, r->line,
+			    "%s: match needs at least one of listener, upstream, user, "
+			    "domain (the policy for everyone is 'policy:')",
+			    name);
+	}
+}
+
+static struct notice_template *load_template(struct load_ctx *ctx, const char *dir,
+                                             const char *name, int line,
+                                             const char *what)
+{
+	char err[512];
+	struct notice_template *t = notice_template_open(dir, name, err, sizeof(err));
+
+	if (t == NULL)
+		report(ctx, line, "%s: %s", what, err);
+	return t;
+}
+
+/*
+ * Builds cfg->policy, the effective global policy: the policy: section's
+ * own fields, the actions of on_malicious/on_scan_error, and the global
+ * limits kept in their historical sections (scanner.clamav, spool,
+ * timeouts, notice). Lists not given get the shipped defaults.
+ */
+static void finish_policy(struct load_ctx *ctx)
+{
+	struct config *cfg = ctx->cfg;
+	struct policy_set *p = &cfg->policy;
+
+	p->action[PK_MALICIOUS] = cfg->on_malicious;
+	p->action[PK_SCAN_ERROR] = cfg->on_scan_error;
+	p->max_message_size = cfg->spool_max_message_size;
+	p->max_filesize = cfg->clamav_max_filesize;
+	p->max_scansize = cfg->clamav_max_scansize;
+	p->max_recursion = cfg->clamav_max_recursion;
+	p->max_files = cfg->clamav_max_files;
+	p->max_scantime_ms = cfg->clamav_max_scantime_ms;
+	p->keepalive = cfg->timeout_keepalive;
+	snprintf(p->admin_contact, sizeof(p->admin_contact), "%s", cfg->admin_contact);
+	/* not given: the scanner's shipped lists (scanners/attach.c says why) */
+	if (!(p->set & PS_BLOCKED_EXT) &&
+	    list_set(&p->blocked_extensions, attach_default_extensions,
+	             attach_n_default_extensions) < 0)
+		report(ctx, 1, "out of memory");
+	if (!(p->set & PS_BLOCKED_MIME) &&
+	    list_set(&p->blocked_mime_types, attach_default_mime_types,
+	             attach_n_default_mime_types) < 0)
+		report(ctx, 1, "out of memory");
+	p->set = 0;
+	/* the notice templates, loaded now: a bad one is a configuration error */
+	p->tmpl = load_template(ctx, cfg->notice_templates_dir, p->notice_template, 1,
+	                        "notice.template");
+	for (unsigned i = 0; i < cfg->n_rules; i++) {
+		struct cfg_rule *r = &cfg->rules[i];
+
+		if (r->ps.set & PS_NOTICE_TEMPLATE)
+			r->ps.tmpl = load_template(ctx, cfg->notice_templates_dir,
+			                           r->ps.notice_template, r->line, r->name);
+	}
+}
+
 /* Reports a libyaml parser failure with its line. */
 static void report_yaml_error(struct load_ctx *ctx, const yaml_parser_t *parser)
 {
@@ -1150,6 +1692,7 @@ int config_load(const char *path, struct config **cfg_r, FILE *errs)
 		       node_kind(root));
 	} else {
 		walk_mapping(&ctx, root, top_fields, ctx.cfg, "");
+		finish_policy(&ctx);
 	}
 	/* a second document ("---") would be silently ignored: refuse it */
 	if (root != NULL) {
@@ -1173,8 +1716,33 @@ out_parser:
 		config_free(&ctx.cfg);
 		return -1;
 	}
+	ctx.cfg->refs = 1;
 	*cfg_r = ctx.cfg;
 	return 0;
+}
+
+const struct config *config_ref(const struct config *cfg)
+{
+	((struct config *)cfg)->refs++; /* the count is not part of the value */
+	return cfg;
+}
+
+void config_unref(const struct config **cfgp)
+{
+	struct config *cfg = (struct config *)*cfgp;
+
+	*cfgp = NULL;
+	if (cfg != NULL && --cfg->refs <= 0)
+		config_free(&cfg);
+}
+
+static void policy_set_free(struct policy_set *ps)
+{
+	notice_template_free(&ps->tmpl);
+	list_free(&ps->blocked_extensions);
+	list_free(&ps->blocked_mime_types);
+	list_free(&ps->sender_allow);
+	list_free(&ps->sender_deny);
 }
 
 /* Frees cfg and its listeners; NULLs *cfgp. Accepts NULL and *cfgp == NULL. */
@@ -1182,6 +1750,10 @@ void config_free(struct config **cfgp)
 {
 	if (cfgp == NULL || *cfgp == NULL)
 		return;
+	policy_set_free(&(*cfgp)->policy);
+	for (unsigned i = 0; i < (*cfgp)->n_rules; i++)
+		policy_set_free(&(*cfgp)->rules[i].ps);
+	free((*cfgp)->rules);
 	free((*cfgp)->listeners);
 	free(*cfgp);
 	*cfgp = NULL;

@@ -18,8 +18,100 @@
 
 enum cfg_protocol { CFG_PROTO_POP3, CFG_PROTO_IMAP, CFG_PROTO_COUNT };
 
-/* What happens to a message: see policy.h. Names: "pass", "quarantine", "abort". */
-enum policy_action { POLICY_PASS, POLICY_QUARANTINE, POLICY_ABORT, POLICY_ACTION_COUNT };
+/*
+ * What happens to a message: see policy.h. Names: "pass", "quarantine",
+ * "abort", "tag". Ordered by strength where it matters (policy.c).
+ */
+enum policy_action {
+	POLICY_PASS,
+	POLICY_QUARANTINE,
+	POLICY_ABORT,
+	POLICY_TAG,
+	POLICY_ACTION_COUNT
+};
+
+/*
+ * The conditions a policy gives an action to (policy.<on_...> and rules):
+ * malicious, scan_error, oversize, encrypted_archive, blocked_attachment,
+ * denied_sender.
+ */
+enum policy_kind {
+	PK_MALICIOUS,
+	PK_SCAN_ERROR,
+	PK_OVERSIZE,
+	PK_ENCRYPTED_ARCHIVE,
+	PK_BLOCKED_ATTACHMENT,
+	PK_DENIED_SENDER,
+	PK_COUNT
+};
+
+const char *policy_kind_name(enum policy_kind k);
+
+/* A list of short strings from a YAML sequence (owned by the config). */
+struct notice_template;
+
+struct cfg_list {
+	char **items;
+	unsigned n;
+};
+
+/*
+ * Everything a rule may set: the policy for one session. The global
+ * values (policy:, scanner.clamav limits, spool.max_message_size,
+ * timeouts.keepalive) fill config.policy; each matching rule overrides the
+ * fields it sets (set: PS_* bits). Lists are borrowed from the config.
+ */
+enum policy_set_bit {
+	PS_ACTION0 = 1u << 0, /* PS_ACTION0 << kind: on_<kind> */
+	PS_MAX_MESSAGE_SIZE = 1u << 8,
+	PS_MAX_FILESIZE = 1u << 9,
+	PS_MAX_SCANSIZE = 1u << 10,
+	PS_MAX_RECURSION = 1u << 11,
+	PS_MAX_FILES = 1u << 12,
+	PS_MAX_SCANTIME = 1u << 13,
+	PS_BLOCKED_EXT = 1u << 14,
+	PS_BLOCKED_MIME = 1u << 15,
+	PS_DOUBLE_EXT = 1u << 16,
+	PS_SENDER_ALLOW = 1u << 17,
+	PS_SENDER_DENY = 1u << 18,
+	PS_SCAN_APPEND = 1u << 19,
+	PS_KEEPALIVE = 1u << 20,
+	PS_NOTICE_TEMPLATE = 1u << 21,
+	PS_TAG_PREFIX = 1u << 22,
+	PS_ADMIN_CONTACT = 1u << 23,
+};
+
+struct policy_set {
+	enum policy_action action[PK_COUNT];
+	uint64_t max_message_size;
+	uint64_t max_filesize, max_scansize;
+	unsigned max_recursion, max_files, max_scantime_ms;
+	struct cfg_list blocked_extensions; /* lower case, without the dot */
+	struct cfg_list blocked_mime_types; /* lower case type/subtype */
+	int double_extensions;              /* report invoice.pdf.exe as such */
+	struct cfg_list sender_allow;       /* addresses or @domains, lower case */
+	struct cfg_list sender_deny;
+	int scan_append; /* IMAP APPEND scanned before it reaches the server */
+	unsigned keepalive;
+	char notice_template[CFG_PATH_MAX]; /* a shipped name (ja, en, ja+en) or a path */
+	struct notice_template *tmpl;       /* notice_template loaded (the config's) */
+	char tag_prefix[64];                /* Subject prefix of tag */
+	char admin_contact[CFG_TEXT_MAX];
+	uint32_t set; /* rules: which fields this rule sets */
+};
+
+/* A rule: policy fields for the sessions its match selects. */
+struct cfg_rule {
+	char name[64];                      /* name: for logs and --check-config */
+	char m_listener_host[CFG_HOST_MAX]; /* match.listener: the listen address */
+	uint16_t m_listener_port;
+	char m_upstream_host[CFG_HOST_MAX]; /* match.upstream: HOST or HOST:PORT */
+	uint16_t m_upstream_port;           /* 0: any port */
+	char m_user[CFG_HOST_MAX];          /* match.user: the login name */
+	char m_domain[CFG_HOST_MAX];        /* match.domain: the login's domain */
+	struct policy_set ps;
+	int line;
+};
 
 const char *cfg_protocol_name(enum cfg_protocol p);
 const char *policy_action_name(enum policy_action a);
@@ -68,6 +160,30 @@ struct config {
 	/* quarantine */
 	char
 	    quarantine_dir[CFG_PATH_MAX]; /* dir (default /var/lib/mailmoat/quarantine) */
+	unsigned quarantine_retention_days;  /* retention_days: entries older are purged
+	                                        automatically (default 30, 0 = keep) */
+	char quarantine_index[CFG_PATH_MAX]; /* index: the listing index ("" =
+	                                        DIR/.index.sqlite) */
+	/* quarantine.release: how `mailmoat quarantine release ID` delivers */
+	char release_method[8];                   /* method: imap | smtp (default imap) */
+	char release_imap_url[CFG_PATH_MAX];      /* imap_url: imaps://host[:port] */
+	char release_imap_user[CFG_HOST_MAX];     /* imap_user: login, %u = the entry's
+	                                             user ("%u*admin": a Dovecot master
+	                                             user) */
+	char release_password_file[CFG_PATH_MAX]; /* password_file: IMAP/SMTP
+	                                             password, first line */
+	char release_mailbox[CFG_HOST_MAX];       /* mailbox (default INBOX) */
+	char release_smtp_url[CFG_PATH_MAX];      /* smtp_url: smtp[s]://relay[:port] */
+	char release_smtp_from[CFG_HOST_MAX];     /* smtp_from: envelope sender */
+	char release_smtp_domain[CFG_HOST_MAX];   /* smtp_domain: for users without '@' */
+	char release_ca[CFG_PATH_MAX];            /* ca: CA file ("" = system store) */
+
+	/* control: the local socket of `mailmoat status` and the admin commands */
+	char control_socket[CFG_PATH_MAX]; /* socket (default
+	                                      /run/mailmoat/control.sock, "" = none) */
+	/* metrics: Prometheus/OpenMetrics over HTTP */
+	char metrics_listen_host[CFG_HOST_MAX]; /* listen: HOST:PORT ("" = off) */
+	uint16_t metrics_listen_port;
 
 	/* policy */
 	enum policy_action on_malicious;  /* default quarantine */
@@ -76,6 +192,9 @@ struct config {
 	/* notice */
 	char admin_contact[CFG_TEXT_MAX]; /* admin_contact (default "your mail
 	                                     administrator") */
+	char notice_templates_dir[CFG_PATH_MAX]; /* templates_dir: NAME.txt files
+	                                            overriding the built-in ja, en,
+	                                            ja+en ("" = built-ins only) */
 
 	/* spool */
 	uint64_t
@@ -91,6 +210,14 @@ struct config {
 	unsigned timeout_keepalive;      /* keepalive: progress notes to a waiting client
 	                                    (default 10; 0 = none) */
 
+	/*
+	 * The effective global policy (policy: plus the global limits above),
+	 * and the rules in file order.
+	 */
+	struct policy_set policy;
+	struct cfg_rule *rules; /* rules: */
+	unsigned n_rules;
+
 	/* limits */
 	unsigned max_sessions; /* limits.max_sessions (default 500) */
 	unsigned
@@ -99,6 +226,10 @@ struct config {
 	/* process */
 	char run_as[CFG_HOST_MAX]; /* user: drop privileges to it after binding */
 	char log_level[16];        /* log_level: error|warn|info|debug (default info) */
+	char log_target[8];        /* log_target: auto|stderr|syslog (default auto) */
+
+	/* references (config_ref): the server, each session, each scan job */
+	int refs;
 };
 
 /*
@@ -121,6 +252,15 @@ int config_load(const char *path, struct config **cfg_r, FILE *errs);
 
 /* Frees a config and NULLs the caller's pointer. */
 void config_free(struct config **cfgp);
+
+/*
+ * Reference counting for a loaded config (config_load gives one): the
+ * server holds one, and so does every session and scan job made under it,
+ * so a reload swaps in a new config while they finish with theirs. Loop
+ * thread only. config_unref frees on the last one and NULLs *cfgp.
+ */
+const struct config *config_ref(const struct config *cfg);
+void config_unref(const struct config **cfgp);
 
 /*
  * Parses a size: a number with an optional K, M or G suffix (powers of

@@ -337,7 +337,7 @@ static int quar_copy(int fd, const struct spool *sp, uint64_t size)
 }
 
 /* The SHA-256 of the spool's content as lower-case hex. Returns 0 or -errno. */
-static int quar_sha256(const struct spool *sp, char hex[65])
+int quar_sha256(const struct spool *sp, char hex[65])
 {
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	char *buf = malloc(QUAR_COPY_CHUNK);

@@ -38,6 +38,13 @@ struct quar_meta {
 int quar_prepare(const char *dir);
 
 /*
+ * The SHA-256 of the frozen spool's bytes as 64 lower-case hex digits (the
+ * sha256 of ID.json). Returns 0 or < 0 (read or allocation failure). Blocks:
+ * the thread pool.
+ */
+int quar_sha256(const struct spool *sp, char hex[65]);
+
+/*
  * Stores the frozen spool's content and its metadata under a new unique id
  * (written to id_r, at most QUAR_ID_MAX bytes with its NUL). Returns 0 once
  * both files and the directory are fsynced; 1 when this process stored the

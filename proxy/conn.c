@@ -26,6 +26,7 @@
 #include "proxy/intercept.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
+#include "proxy/stats.h"
 #include "proxy/tls_hello.h"
 
 struct conn_write_req {
@@ -309,6 +310,7 @@ static void conn_tls_fail(struct conn_pair *p, struct conn_leg *leg, const char 
 		ERR_clear_error(); /* reported when it failed */
 		return;
 	}
+	stats_error(leg == &p->upstream ? STATS_ERR_UPSTREAM_TLS : STATS_ERR_CLIENT_TLS);
 
 	if (vr != X509_V_OK)
 		snprintf(detail, sizeof(detail), " (certificate verify failed: %s)",
@@ -601,6 +603,7 @@ static void conn_on_tick(uv_timer_t *t)
 		return;
 	if (p->up_state < CONN_UP_CONNECTED && p->connect_timeout_ms != 0 &&
 	    conn_now(p) - p->start_ms > p->connect_timeout_ms) {
+		stats_error(STATS_ERR_UPSTREAM_CONNECT);
 		log_msg(LOG_LVL_WARN, p->sid, "%s upstream=%s connect timed out",
 		        p->proto, p->upstream_name);
 		conn_up_fail(p, UV_ETIMEDOUT);
@@ -684,6 +687,7 @@ static void conn_on_connect(uv_connect_t *req, int status)
 	if (p->closing || p->up_state == CONN_UP_GONE)
 		return;
 	if (status < 0) {
+		stats_error(STATS_ERR_UPSTREAM_CONNECT);
 		log_msg(LOG_LVL_WARN, p->sid, "%s upstream=%s connect failed: %s",
 		        p->proto, p->upstream_name, uv_strerror(status));
 		conn_up_fail(p, status);
@@ -958,6 +962,7 @@ static void conn_on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
 
 	if (p->closing || n == 0)
 		return;
+	stats_bytes(leg == &p->upstream, n);
 	if (leg->hello != NULL && leg->ssl == NULL) {
 		conn_hello_read(p, leg, n);
 		return;

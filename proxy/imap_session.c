@@ -59,6 +59,7 @@
 #include "proxy/msgjob.h"
 #include "proxy/server.h"
 #include "proxy/spool.h"
+#include "proxy/stats.h"
 #include "proxy/vcache.h"
 
 #define IM_IN_MAX 65536          /* each side's input buffer */
@@ -253,7 +254,7 @@ static struct imap_session *im_of(struct conn_pair *p)
 
 static const struct config *im_cfg(struct imap_session *s)
 {
-	return s->base.srv->cfg;
+	return s->base.cfg;
 }
 
 static uint64_t im_now(struct imap_session *s)
@@ -392,6 +393,7 @@ static void im_on_freed(struct conn_pair *p)
 		}
 		free(s->app);
 	}
+	stats_session_close(STATS_IMAP);
 	server_session_remove(s->base.srv, &s->base);
 	free(s);
 }
@@ -715,7 +717,19 @@ static void im_replacement(struct imap_session *s, struct im_capture *cp,
 		r->original = 1;
 		return;
 	}
-	if (cp->verdict != 2 || cp->notice == NULL) {
+	/*
+	 * Tagged (3): only the header differs from the original, so the text
+	 * and every numbered part go as the server sent them; the whole
+	 * message and header sections come from the tagged copy below.
+	 */
+	if (cp->verdict == 3 && cp->notice != NULL &&
+	    (lit->rfc822 == 2 ||
+	     (lit->has_sect &&
+	      (strcmp(sect, "TEXT") == 0 || (sect[0] >= '1' && sect[0] <= '9'))))) {
+		r->original = 1;
+		return;
+	}
+	if ((cp->verdict != 2 && cp->verdict != 3) || cp->notice == NULL) {
 		r->nil = 1; /* no verdict: content is never sent */
 		return;
 	}
@@ -990,7 +1004,7 @@ static void im_job_done(struct session_base *sb, struct msgjob *job)
 	struct vcache_key k;
 	struct spool *nsp = NULL;
 	char sig[SCAN_SIG_MAX + SCAN_ERR_MAX];
-	const char *what = v->result == SCAN_INFECTED ? v->signature : v->error;
+	const char *what = v->result == SCAN_ERROR ? v->error : v->signature;
 	uint32_t uid = (uint32_t)job->tag2;
 	int own = (job->tag2 >> 32) != 0;
 
@@ -1012,6 +1026,9 @@ static void im_job_done(struct session_base *sb, struct msgjob *job)
 			snprintf(job->quar_err, sizeof(job->quar_err),
 			         "cannot spool the notice");
 		}
+	} else if (job->action == POLICY_TAG && job->subst != NULL) {
+		nsp = job->subst; /* the tagged copy */
+		spool_ref(nsp);
 	}
 	log_msg(
 	    LOG_LVL_INFO, s->base.sid,
@@ -1035,6 +1052,7 @@ static void im_job_done(struct session_base *sb, struct msgjob *job)
 	if ((v->result == SCAN_CLEAN || nsp != NULL) && im_key(s, uid, &k)) {
 		snprintf(e.quar_id, sizeof(e.quar_id), "%s", job->quar_id);
 		e.notice = nsp;
+		e.tagged = job->action == POLICY_TAG;
 		e.notice_text = job->notice_text;
 		e.notice_lines = job->notice_lines;
 		vcache_put(s->base.srv->vcache, &k, &e);
@@ -1060,7 +1078,7 @@ static void im_job_done(struct session_base *sb, struct msgjob *job)
 			 */
 			cp->verdict = 1;
 		} else if (nsp != NULL) {
-			cp->verdict = 2;
+			cp->verdict = job->action == POLICY_TAG ? 3 : 2;
 			cp->notice = nsp;
 			spool_ref(nsp);
 		} else {
@@ -1221,12 +1239,59 @@ static void im_describe_notice(struct im_capture *cp, const struct vcache_entry 
 	pt->len = olen;
 }
 
+/*
+ * For a tagged message only RFC822.SIZE changes (the header grew); its
+ * structure, part sizes and BINARY.SIZE of parts are the original's.
+ */
+static void im_describe_tagged(struct im_capture *cp, const struct vcache_entry *e)
+{
+	struct im_part *pt = cp->parts;
+	size_t pos = 0;
+	struct imap_tok t, v;
+	int depth = 0;
+
+	if (pt == NULL || pt->type != IMP_TEXT)
+		return;
+	while (imap_tok_next(pt->text, pt->len, &pos, &t) != IMAP_TOK_END &&
+	       t.type != IMAP_TOK_ERROR) {
+		depth += t.type == IMAP_TOK_LPAREN   ? 1
+		         : t.type == IMAP_TOK_RPAREN ? -1
+		                                     : 0;
+		if (depth != 1 || t.type != IMAP_TOK_ATOM ||
+		    !imap_tok_is(&t, "RFC822.SIZE"))
+			continue;
+		if (imap_tok_next(pt->text, pt->len, &pos, &v) != IMAP_TOK_NUMBER)
+			return;
+		{
+			char num[32];
+			int n = snprintf(num, sizeof(num), "%llu",
+			                 (unsigned long long)spool_size(e->notice));
+			size_t vs = (size_t)(v.text - pt->text), ve = vs + v.len;
+			size_t nl = pt->len - v.len + (size_t)n;
+			char *out = malloc(nl);
+
+			if (n < 0 || out == NULL) {
+				free(out);
+				return;
+			}
+			memcpy(out, pt->text, vs);
+			memcpy(out + vs, num, (size_t)n);
+			memcpy(out + vs + (size_t)n, pt->text + ve, pt->len - ve);
+			cp->text_bytes += nl - pt->len;
+			free(pt->text);
+			pt->text = out;
+			pt->len = nl;
+		}
+		return;
+	}
+}
+
 /* A capture's message has a final verdict (from the cache). */
 static void im_fetch_resolved(struct imap_session *s, struct im_capture *cp,
                               const struct vcache_entry *e)
 {
-	cp->verdict = e->result == SCAN_CLEAN ? 1 : 2;
-	if (cp->verdict == 2) {
+	cp->verdict = e->result == SCAN_CLEAN ? 1 : e->tagged ? 3 : 2;
+	if (cp->verdict >= 2) {
 		spool_unref(&cp->notice);
 		cp->notice = e->notice;
 		spool_ref(cp->notice);
@@ -1248,8 +1313,10 @@ static void im_fetch_complete(struct imap_session *s, struct im_capture *cp)
 		im_seqmap_set(s, cp->walk.seq, cp->walk.uid);
 	cp->state = IMS_READY;
 	e = uid != 0 ? im_cached(s, uid) : NULL;
-	if (e != NULL && e->notice != NULL)
+	if (e != NULL && e->notice != NULL && !e->tagged)
 		im_describe_notice(cp, e);
+	else if (e != NULL && e->notice != NULL)
+		im_describe_tagged(cp, e);
 	if (cp->n_content == 0 && cp->n_header == 0 && !cp->walk.inline_content)
 		return;
 	if (e != NULL && (e->result == SCAN_CLEAN || e->notice != NULL)) {
@@ -1365,6 +1432,8 @@ static void im_tagged(struct imap_session *s, struct im_cmd *cm, const char *d,
 		break;
 	case IMC_LOGIN:
 	case IMC_AUTH:
+		if (ok)
+			server_session_policy(&s->base, s->c.upstream_name, s->user);
 		log_msg(LOG_LVL_INFO, s->base.sid,
 		        "imap login user=%s method=%s result=%s",
 		        s->user_log[0] ? s->user_log : "-",
@@ -1562,6 +1631,7 @@ static int im_capture_event(struct imap_session *s, const struct imap_event *ev)
 			}
 			r = imap_fetch_walk_segment(&cp->walk, ev->data, ev->len, &it);
 			if (r < 0) {
+				stats_error(STATS_ERR_PROTOCOL);
 				log_msg(LOG_LVL_ERROR, s->base.sid,
 				        "imap bad FETCH response: %s",
 				        cp->walk.why != NULL ? cp->walk.why
@@ -1629,6 +1699,7 @@ static int im_capture_event(struct imap_session *s, const struct imap_event *ev)
 		int r = spool_append(cp->lit->spool, ev->data, ev->len);
 
 		if (r < 0 && r != -EFBIG) {
+			stats_error(STATS_ERR_SPOOL);
 			im_close(s, "spool write failed");
 			return -1;
 		}
@@ -1683,6 +1754,7 @@ static int im_upstream_input(struct imap_session *s)
 		pos += used;
 		progress = 1;
 		if (r == IMAP_ERROR) {
+			stats_error(STATS_ERR_PROTOCOL);
 			log_msg(LOG_LVL_ERROR, s->base.sid,
 			        "imap upstream protocol error: %s",
 			        imap_seg_error(&s->useg));
@@ -2063,7 +2135,7 @@ static void im_append_job_done(struct session_base *sb, struct msgjob *job)
 	struct imap_session *s = (struct imap_session *)sb;
 	struct im_append *a = s->app;
 	const struct scan_verdict *v = &job->verdict;
-	const char *what = v->result == SCAN_INFECTED ? v->signature : v->error;
+	const char *what = v->result == SCAN_ERROR ? v->error : v->signature;
 	char sig[SCAN_SIG_MAX + SCAN_ERR_MAX];
 
 	if (s->closing || a == NULL) {
@@ -2079,17 +2151,24 @@ static void im_append_job_done(struct session_base *sb, struct msgjob *job)
 	    (unsigned long long)spool_size(job->spool), scan_result_name(v->result), sig,
 	    v->result == SCAN_CLEAN      ? "deliver"
 	    : job->action == POLICY_PASS ? "pass"
+	    : job->action == POLICY_TAG  ? "pass (tag: an upload is stored as sent)"
 	                                 : "refuse",
 	    job->quar_id[0] ? job->quar_id : "-", (unsigned long long)v->scan_ms);
-	if (v->result != SCAN_CLEAN && job->action != POLICY_PASS && !a->refused) {
+	if (v->result != SCAN_CLEAN && job->action != POLICY_PASS &&
+	    job->action != POLICY_TAG && !a->refused) {
 		a->refused = 1;
 		if (v->result == SCAN_INFECTED)
 			snprintf(a->why, sizeof(a->why), "virus %.200s found%s%s", sig,
 			         job->quar_id[0] ? ", quarantined as " : "",
 			         job->quar_id);
-		else
+		else if (v->result == SCAN_ERROR)
 			snprintf(a->why, sizeof(a->why),
 			         "it could not be scanned (%.200s)", sig);
+		else
+			snprintf(a->why, sizeof(a->why), "%s: %.200s%s%s",
+			         scan_result_name(v->result), sig,
+			         job->quar_id[0] ? ", quarantined as " : "",
+			         job->quar_id);
 	}
 	msgjob_free(&job);
 	if (a->scans > 0 && --a->scans == 0)
@@ -2113,6 +2192,14 @@ static void im_append_complete(struct imap_session *s)
 			a->refused = 1;
 			snprintf(a->why, sizeof(a->why),
 			         "larger than spool.max_message_size");
+			continue;
+		}
+		if (!s->base.policy.scan_append) {
+			log_msg(LOG_LVL_INFO, s->base.sid,
+			        "imap append user=%s mailbox=\"%s\" size=%llu verdict=- "
+			        "action=deliver (scan_append: false)",
+			        s->user_log[0] ? s->user_log : "-", a->mailbox,
+			        (unsigned long long)spool_size(pt->spool));
 			continue;
 		}
 		job = msgjob_new(s->base.srv, &s->base, pt->spool, im_append_job_done);
@@ -2339,6 +2426,7 @@ static int im_client_input(struct imap_session *s)
 		progress = 1;
 		if (r == IMAP_ERROR) {
 			/* RFC 3501 section 7.1.5: BYE, then the connection closes */
+			stats_error(STATS_ERR_PROTOCOL);
 			log_msg(LOG_LVL_WARN, s->base.sid,
 			        "imap client protocol error: %s",
 			        imap_seg_error(&s->cseg));
@@ -2516,6 +2604,7 @@ static void im_on_tick(struct conn_pair *p)
 	if (s->ncmds > 0 && s->c.upstream.len == 0 && s->idle == NULL &&
 	    now - s->c.upstream.last_ms > cfg->timeout_upstream_idle * 1000ull &&
 	    !waiting) {
+		stats_error(STATS_ERR_TIMEOUT);
 		conn_write_lit(&s->c, &s->c.client, "* BYE upstream not answering\r\n");
 		s->end_reason = "upstream idle time-out";
 		s->close_after_flush = 1;
@@ -2587,6 +2676,7 @@ int imap_session_accept(struct server *srv, const struct cfg_listener *lcfg,
 	s->base.force_close = im_force_close;
 	s->base.shutdown = im_shutdown;
 	server_session_add(srv, &s->base);
+	stats_session_open(STATS_IMAP);
 	conn_pair_init(&s->c, srv->loop, &im_conn_ops, s->base.sid, "imap", s->cin,
 	               sizeof(s->cin), s->uin, sizeof(s->uin));
 	imap_seg_init(&s->cseg, srv->cfg->spool_max_message_size);
@@ -2599,6 +2689,7 @@ int imap_session_accept(struct server *srv, const struct cfg_listener *lcfg,
 		im_close(s, "accept failed");
 		return -1;
 	}
+	server_session_policy(&s->base, s->c.upstream_name, NULL);
 	if (cr < 0) {
 		im_on_connected(&s->c, cr);
 		return 0;

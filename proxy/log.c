@@ -9,11 +9,61 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <syslog.h>
 #include <time.h>
 #include <unistd.h>
 
 static enum log_level log_level_cur = LOG_LVL_INFO;
+static enum log_target log_target_cur = LOG_TO_STDERR;
+
+/* syslog priorities of our levels (also journald's "<N>" prefixes) */
+static const int log_prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
+_Static_assert(sizeof(log_prio) / sizeof(log_prio[0]) == LOG_LVL_COUNT, "log prio");
+
+/* $JOURNAL_STREAM is "DEVICE:INODE" of the stream systemd gave us. */
+static int log_stderr_is_journal(void)
+{
+	const char *js = getenv("JOURNAL_STREAM");
+	unsigned long long dev, ino;
+	struct stat st;
+
+	if (js == NULL || sscanf(js, "%llu:%llu", &dev, &ino) != 2 ||
+	    fstat(STDERR_FILENO, &st) < 0)
+		return 0;
+	return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
+
+/*
+ * Started in the background by an init system that closes stderr or points
+ * it at /dev/null: lines written there would be lost.
+ */
+static int log_stderr_discarded(void)
+{
+	struct stat st, null;
+
+	if (fstat(STDERR_FILENO, &st) < 0)
+		return 1;
+	return S_ISCHR(st.st_mode) && stat("/dev/null", &null) == 0 &&
+	       st.st_rdev == null.st_rdev;
+}
+
+void log_set_target(const char *name)
+{
+	enum log_target t = LOG_TO_STDERR;
+
+	if (strcmp(name, "syslog") == 0)
+		t = LOG_TO_SYSLOG;
+	else if (strcmp(name, "auto") == 0)
+		t = log_stderr_is_journal() ? LOG_TO_JOURNAL
+		    : log_stderr_discarded() ? LOG_TO_SYSLOG
+		                             : LOG_TO_STDERR;
+	if (t == LOG_TO_SYSLOG && log_target_cur != LOG_TO_SYSLOG)
+		openlog("mailmoat", LOG_PID | LOG_NDELAY, LOG_MAIL);
+	log_target_cur = t;
+}
 
 static const char *const log_level_names[] = {"error", "warn", "info", "debug"};
 _Static_assert(sizeof(log_level_names) / sizeof(log_level_names[0]) == LOG_LVL_COUNT,
@@ -46,11 +96,22 @@ void log_msg(enum log_level level, const char *sid, const char *fmt, ...)
 
 	if (level > log_level_cur)
 		return;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);
-	n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-	r = snprintf(line + n, sizeof(line) - n, ".%03ldZ %s %s ", ts.tv_nsec / 1000000L,
-	             log_level_names[level], sid != NULL ? sid : "-");
+	n = 0;
+	if (log_target_cur == LOG_TO_JOURNAL) {
+		line[n++] = '<';
+		line[n++] = (char)('0' + log_prio[level]);
+		line[n++] = '>';
+	}
+	if (log_target_cur == LOG_TO_STDERR) {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		gmtime_r(&ts.tv_sec, &tm);
+		n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
+		r = snprintf(line + n, sizeof(line) - n, ".%03ldZ ", ts.tv_nsec / 1000000L);
+		if (r > 0)
+			n += (size_t)r;
+	}
+	r = snprintf(line + n, sizeof(line) - n, "%s %s ", log_level_names[level],
+	             sid != NULL ? sid : "-");
 	if (r > 0)
 		n += (size_t)r;
 	va_start(ap, fmt);
@@ -61,6 +122,11 @@ void log_msg(enum log_level level, const char *sid, const char *fmt, ...)
 	n += (size_t)r;
 	if (n > sizeof(line) - 2)
 		n = sizeof(line) - 2; /* truncated: keep the newline */
+	if (log_target_cur == LOG_TO_SYSLOG) {
+		line[n] = '\0';
+		syslog(log_prio[level], "%s", line);
+		return;
+	}
 	line[n++] = '\n';
 	/* One write per line keeps lines whole across threads. */
 	ssize_t w = write(STDERR_FILENO, line, n);

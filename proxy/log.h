@@ -19,6 +19,22 @@ enum log_level {
 	LOG_LVL_COUNT
 };
 
+/*
+ * Where lines go: LOG_TO_STDERR as they are; LOG_TO_JOURNAL on stderr
+ * with a "<N>" priority prefix journald reads (stderr connected to the
+ * journal: $JOURNAL_STREAM); LOG_TO_SYSLOG through syslog(3), facility
+ * mail, without our own timestamp.
+ */
+enum log_target { LOG_TO_STDERR, LOG_TO_JOURNAL, LOG_TO_SYSLOG };
+
+/*
+ * Chooses the target from the configuration's log_target: "stderr",
+ * "syslog", or "auto": the journal when $JOURNAL_STREAM names our stderr
+ * (systemd), syslog when stderr is closed or /dev/null (started in the
+ * background by another init), else stderr (in the foreground, or a file).
+ */
+void log_set_target(const char *name);
+
 /* Sets the most verbose level that is printed (default LOG_LVL_INFO). */
 void log_set_level(enum log_level level);
 

@@ -4,6 +4,9 @@
  *   mailmoat --config FILE        run in the foreground, log to stderr
  *   mailmoat --check-config FILE  exit 0 when FILE is valid, else print
  *                                 "FILE:LINE: reason" lines and exit 1
+ *   mailmoat status --config FILE [--json]  the running daemon's figures
+ *   mailmoat quarantine list|show|export|release|delete|purge ...
+ *                                 the quarantine (proxy/admin.c)
  *   mailmoat --version | --help
  *
  * Start-up order: configuration, libclamav and GMime, the engine (fatal if
@@ -17,7 +20,10 @@
 
 #include "policy/config.h"
 #include "policy/notice.h"
+#include "policy/policy.h"
 #include "policy/quarantine.h"
+#include "proxy/admin.h"
+#include "proxy/control.h"
 #include "proxy/log.h"
 #include "proxy/notify.h"
 #include "proxy/server.h"
@@ -26,7 +32,11 @@
 static void main_usage(FILE *f)
 {
 	fprintf(f, "usage: mailmoat --config FILE\n"
-	           "       mailmoat --check-config FILE\n"
+	           "       mailmoat --check-config FILE [--user USER]\n"
+	           "       mailmoat status --config FILE [--json]\n"
+	           "       mailmoat quarantine list|show|export|release|delete|purge"
+	           " [--config FILE] ...\n"
+	           "         (mailmoat quarantine --help: the options)\n"
 	           "       mailmoat --version\n");
 }
 
@@ -46,6 +56,7 @@ static int main_run(const char *path)
 		return 1;
 	if (log_level_parse(cfg->log_level, &lvl) == 0)
 		log_set_level(lvl);
+	log_set_target(cfg->log_target);
 	log_msg(LOG_LVL_INFO, NULL, "mailmoat %s starting config=%s", MAILMOAT_VERSION,
 	        path);
 	if (scan_global_init() < 0) {
@@ -68,6 +79,7 @@ static int main_run(const char *path)
 		return 1;
 	}
 	r = server_start(&srv, loop, cfg, engine);
+	srv.cfg_path = path;
 	scan_engine_unref(&engine); /* the server holds its own reference */
 	if (r == 0) {
 		log_msg(LOG_LVL_INFO, NULL, "ready");
@@ -108,11 +120,37 @@ static int main_check_tls(const char *path, const struct config *cfg)
 	return bad ? -1 : 0;
 }
 
+/*
+ * --check-config FILE --user U: the effective policy of user U on every
+ * listener (its configured upstream; "transparent" ones for any server).
+ */
+static void main_print_policy(const struct config *cfg, const char *user)
+{
+	for (unsigned i = 0; i < cfg->n_listeners; i++) {
+		const struct cfg_listener *l = &cfg->listeners[i];
+		char up[300];
+		struct policy_scope sc = {l->listen_host, l->listen_port, NULL, user};
+
+		if (l->upstream_port != 0) {
+			snprintf(up, sizeof(up), "%s:%u", l->upstream_host, l->upstream_port);
+			sc.upstream = up;
+		}
+		printf("\n# listeners[%u] (%s %s:%u)\n", i, cfg_protocol_name(l->protocol),
+		       l->listen_host, l->listen_port);
+		policy_print(stdout, cfg, &sc);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 3 && strcmp(argv[1], "--config") == 0)
 		return main_run(argv[2]);
-	if (argc == 3 && strcmp(argv[1], "--check-config") == 0) {
+	if (argc >= 2 && strcmp(argv[1], "status") == 0)
+		return control_status_main(argc, argv);
+	if (argc >= 2 && strcmp(argv[1], "quarantine") == 0)
+		return admin_main(argc - 1, argv + 1);
+	if ((argc == 3 || (argc == 5 && strcmp(argv[3], "--user") == 0)) &&
+	    strcmp(argv[1], "--check-config") == 0) {
 		struct config *cfg = NULL;
 
 		if (config_load(argv[2], &cfg, stderr) < 0)
@@ -121,8 +159,10 @@ int main(int argc, char **argv)
 			config_free(&cfg);
 			return 1;
 		}
-		config_free(&cfg);
 		printf("%s: configuration OK\n", argv[2]);
+		if (argc == 5)
+			main_print_policy(cfg, argv[4]);
+		config_free(&cfg);
 		return 0;
 	}
 	if (argc == 2 && strcmp(argv[1], "--version") == 0) {

@@ -42,11 +42,14 @@ struct msgjob {
 	char upstream[300];
 	char message[160]; /* "msg=3 uidl=..." for quarantine metadata */
 	char session[12];  /* the session's log id, for quarantine metadata */
+	struct policy_set policy; /* the session's policy when the job was made */
+	const struct config *cfg; /* the session's configuration (a reference) */
 
 	/* outputs */
 	struct scan_verdict verdict;
 	enum policy_action action;
 	char quar_id[QUAR_ID_MAX];
+	struct spool *subst; /* tag: the tagged copy served in the original's place */
 	char *notice; /* the substitute message when quarantined (malloc) */
 	size_t notice_len;
 	uint64_t notice_text;  /* octets of the notice's text (after the blank line) */

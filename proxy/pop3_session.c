@@ -47,6 +47,7 @@
 #include "proxy/pop3_parse.h"
 #include "proxy/server.h"
 #include "proxy/spool.h"
+#include "proxy/stats.h"
 
 #define P3_CIN_MAX 16384         /* client input buffer */
 #define P3_UIN_MAX 65536         /* upstream input buffer */
@@ -182,7 +183,7 @@ static struct pop3_session *p3_of(struct conn_pair *p)
 
 static const struct config *p3_cfg(struct pop3_session *s)
 {
-	return s->base.srv->cfg;
+	return s->base.cfg;
 }
 
 /* ------------------------------------------------------------------ */
@@ -209,6 +210,7 @@ static void p3_on_freed(struct conn_pair *p)
 	for (unsigned long i = 0; i < s->nmsgs; i++)
 		spool_unref(&s->msgs[i].notice);
 	free(s->msgs);
+	stats_session_close(STATS_POP3);
 	server_session_remove(s->base.srv, &s->base);
 	free(s);
 }
@@ -473,8 +475,8 @@ static void p3_job_done(struct session_base *sb, struct msgjob *job)
 		return;
 	}
 	m = p3_msg(s, sl->msgno);
-	log_escape(sig, sizeof(sig), v->result == SCAN_INFECTED ? v->signature : v->error,
-	           strlen(v->result == SCAN_INFECTED ? v->signature : v->error));
+	log_escape(sig, sizeof(sig), v->result == SCAN_ERROR ? v->error : v->signature,
+	           strlen(v->result == SCAN_ERROR ? v->error : v->signature));
 	log_msg(
 	    LOG_LVL_INFO, s->base.sid,
 	    "pop3 user=%s msg=%lu uidl=%s size=%llu verdict=%s signature=\"%s\" "
@@ -488,7 +490,9 @@ static void p3_job_done(struct session_base *sb, struct msgjob *job)
 
 	switch (job->action) {
 	case POLICY_PASS:
-		if (v->result != SCAN_CLEAN)
+		/* the historical X-Mailmoat-Virus line marks a virus or a failed
+		   scan let through; the rules' findings pass as they are */
+		if (v->result == SCAN_INFECTED || v->result == SCAN_ERROR)
 			sl->tag_len = policy_tag_header(v, sl->tag, sizeof(sl->tag));
 		else if (m != NULL)
 			m->known = 1;
@@ -497,6 +501,24 @@ static void p3_job_done(struct session_base *sb, struct msgjob *job)
 	case POLICY_ABORT:
 		sl->out = P3O_ABORT;
 		sl->state = P3S_READY;
+		break;
+	case POLICY_TAG:
+		if (job->subst == NULL) {
+			log_msg(LOG_LVL_ERROR, s->base.sid,
+			        "pop3 msg=%lu tag failed: %s; message held back",
+			        sl->msgno, job->quar_err);
+			p3_set_line(sl,
+			            "-ERR [SYS/TEMP] mailmoat: message held back\r\n");
+			break;
+		}
+		/* the tagged copy stands in for the original from now on */
+		p3_serve_notice(sl, job->subst);
+		if (m != NULL) {
+			spool_unref(&m->notice);
+			m->notice = job->subst;
+			spool_ref(m->notice);
+			m->known = 2;
+		}
 		break;
 	case POLICY_QUARANTINE: {
 		struct spool *nsp = NULL;
@@ -617,9 +639,9 @@ static void p3_capture_complete(struct pop3_session *s, struct p3_slot *sl)
 		    s->user_log[0] ? s->user_log : "-", sl->msgno,
 		    m != NULL && m->uidl[0] ? m->uidl : "-",
 		    (unsigned long long)cfg->spool_max_message_size,
-		    cfg->on_scan_error == POLICY_ABORT ? "abort" : "refuse");
+		    s->base.policy.action[PK_OVERSIZE] == POLICY_ABORT ? "abort" : "refuse");
 		spool_unref(&sl->spool);
-		if (cfg->on_scan_error == POLICY_ABORT) {
+		if (s->base.policy.action[PK_OVERSIZE] == POLICY_ABORT) {
 			sl->out = P3O_ABORT;
 			sl->state = P3S_READY;
 		} else {
@@ -717,16 +739,20 @@ static void p3_passthrough_status(struct pop3_session *s, struct p3_slot *sl,
 	}
 	if (sl->kind == P3K_AUTH || sl->kind == P3K_SASL) {
 		s->sasl = ev->status == POP3_ST_CONT;
-		if (ev->status == POP3_ST_OK)
+		if (ev->status == POP3_ST_OK) {
 			s->authed = 1;
+			server_session_policy(&s->base, s->c.upstream_name, s->user);
+		}
 		if (ev->status != POP3_ST_CONT)
 			log_msg(LOG_LVL_INFO, s->base.sid,
 			        "pop3 login user=%s method=sasl result=%s",
 			        s->user_log[0] ? s->user_log : "-",
 			        ev->status == POP3_ST_OK ? "ok" : "failed");
 	} else if (sl->login != NULL) {
-		if (ev->status == POP3_ST_OK)
+		if (ev->status == POP3_ST_OK) {
 			s->authed = 1;
+			server_session_policy(&s->base, s->c.upstream_name, s->user);
+		}
 		log_msg(LOG_LVL_INFO, s->base.sid,
 		        "pop3 login user=%s method=%s result=%s",
 		        s->user_log[0] ? s->user_log : "-", sl->login,
@@ -775,6 +801,7 @@ static int p3_upstream_input(struct pop3_session *s)
 		if (r == POP3_ERROR) {
 			char why[128];
 
+			stats_error(STATS_ERR_PROTOCOL);
 			snprintf(why, sizeof(why), "protocol error: %s",
 			         pop3_resp_error(&s->rp));
 			s->c.upstream.len = 0;
@@ -840,6 +867,7 @@ static int p3_upstream_input(struct pop3_session *s)
 				int ar = spool_append(sl->spool, ev.data, ev.len);
 
 				if (ar < 0 && ar != -EFBIG) {
+					stats_error(STATS_ERR_SPOOL);
 					log_msg(LOG_LVL_ERROR, s->base.sid,
 					        "spool write failed: %s", strerror(-ar));
 					p3_close(s, "spool write failed");
@@ -1238,6 +1266,7 @@ static int p3_client_input(struct pop3_session *s)
 		if (r == POP3_ERROR) {
 			struct p3_slot *sl = p3_slot_add(s, P3K_LOCAL);
 
+			stats_error(STATS_ERR_PROTOCOL);
 			if (sl != NULL)
 				p3_set_line(sl, "-ERR line too long\r\n");
 			continue;
@@ -1247,6 +1276,7 @@ static int p3_client_input(struct pop3_session *s)
 			 * a command the proxy did not see */
 			struct p3_slot *sl = p3_slot_add(s, P3K_LOCAL);
 
+			stats_error(STATS_ERR_PROTOCOL);
 			if (sl != NULL)
 				p3_set_line(sl, "-ERR bare CR or NUL in command\r\n");
 			continue;
@@ -1363,6 +1393,7 @@ static void p3_on_tick(struct conn_pair *p)
 	if (s->c.up_state == CONN_UP_CONNECTED && s->ucur != NULL &&
 	    s->c.upstream.len == 0 &&
 	    now - s->c.upstream.last_ms > cfg->timeout_upstream_idle * 1000ull) {
+		stats_error(STATS_ERR_TIMEOUT);
 		p3_upstream_failed(s, "upstream idle time-out");
 		p3_run(s);
 		return;
@@ -1429,6 +1460,7 @@ int pop3_session_accept(struct server *srv, const struct cfg_listener *lcfg,
 	s->base.force_close = p3_force_close;
 	s->base.shutdown = p3_shutdown;
 	server_session_add(srv, &s->base);
+	stats_session_open(STATS_POP3);
 	conn_pair_init(&s->c, srv->loop, &p3_conn_ops, s->base.sid, "pop3", s->cin,
 	               sizeof(s->cin), s->uin, sizeof(s->uin));
 	pop3_cmd_init(&s->cp);
@@ -1440,6 +1472,7 @@ int pop3_session_accept(struct server *srv, const struct cfg_listener *lcfg,
 		p3_close(s, "accept failed");
 		return -1;
 	}
+	server_session_policy(&s->base, s->c.upstream_name, NULL);
 	if (p3_slot_add(s, P3K_GREETING) == NULL)
 		return -1;
 	if (cr < 0) {

@@ -18,6 +18,7 @@
 #include "proxy/conn.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
+#include "proxy/stats.h"
 #include "proxy/tls_hello.h"
 
 #define RELAY_BUF 16384
@@ -62,6 +63,7 @@ static void rl_on_freed(struct conn_pair *p)
 	struct relay_session *s = rl_of(p);
 
 	free(s->hello);
+	stats_session_close(STATS_RELAY);
 	server_session_remove(s->base.srv, &s->base);
 	free(s);
 }
@@ -214,7 +216,7 @@ static void rl_on_tick(struct conn_pair *p)
 {
 	struct relay_session *s = rl_of(p);
 	uint64_t now = conn_now(p), last = p->client.last_ms;
-	uint64_t idle_ms = (uint64_t)s->base.srv->cfg->timeout_client_idle * 1000u;
+	uint64_t idle_ms = (uint64_t)s->base.cfg->timeout_client_idle * 1000u;
 
 	if (p->upstream.last_ms > last)
 		last = p->upstream.last_ms;
@@ -260,6 +262,7 @@ int relay_session_accept(struct server *srv, const struct cfg_listener *lcfg,
 	s->proto = cfg_protocol_name(lcfg->protocol);
 	s->relay = l->tls.relay;
 	server_session_add(srv, &s->base);
+	stats_session_open(STATS_RELAY);
 	conn_pair_init(&s->c, srv->loop, &rl_conn_ops, s->base.sid, s->proto, s->cin,
 	               sizeof(s->cin), s->uin, sizeof(s->uin));
 	s->c.up_state = CONN_UP_GONE; /* until a connect is under way */

@@ -30,6 +30,11 @@ struct session_base {
 	void (*force_close)(struct session_base *sb, const char *reason);
 	/* asks an idle session to end at shutdown; returns when it may go on */
 	void (*shutdown)(struct session_base *sb);
+	/* the configuration the session started under (a reference): a reload
+	   does not change it */
+	const struct config *cfg;
+	/* the policy in force: resolved at connect, again at login (rules by user) */
+	struct policy_set policy;
 };
 
 struct server {
@@ -52,6 +57,26 @@ struct server {
 	struct conn_tls_cfg *reload_tls;   /* new TLS settings per listener, or NULL */
 	char reload_err[256];
 	int reloading;
+	/* configuration reloads (SIGHUP): the file, and on the pool the new
+	   config or why it was refused */
+	const char *cfg_path;
+	int reload_config;               /* this reload reads the file again */
+	const struct config *reload_cfg; /* loaded and checked, or NULL */
+	char *reload_cfg_err;            /* its problems, one per line (malloc) */
+	/* signature database watch: the directory's fingerprint, checked every
+	   DB_WATCH_MS; a change that holds still for one more check reloads */
+	uv_timer_t db_watch;
+	uint64_t db_fp;
+	uint64_t db_fp_seen;
+	unsigned engine_reloads, engine_reload_failures;
+	/* the quarantine index (policy/qindex.h): released messages are not
+	   quarantined again, new entries are added; NULL when unavailable */
+	struct qindex *qix;
+	uv_timer_t retention; /* hourly: entries past retention_days go */
+	uv_work_t purge;
+	int purging;
+	struct ctl_listener *control; /* the control socket (control.c), or NULL */
+	struct ctl_listener *metrics; /* the metrics endpoint (metrics.c), or NULL */
 };
 
 /*
@@ -61,6 +86,16 @@ struct server {
  */
 int server_start(struct server *srv, uv_loop_t *loop, const struct config *cfg,
                  struct scan_engine *engine);
+
+/*
+ * Reloads on the thread pool: with config set, the configuration file
+ * (srv->cfg_path) first, then the signature databases and the listeners'
+ * certificates. A configuration with errors is refused as a whole (the
+ * reasons logged, the old one kept); listeners cannot change without a
+ * restart. Sessions keep the configuration and policy they started with.
+ * Returns 0, or -1 when a reload is already running (it is not queued).
+ */
+int server_reload(struct server *srv, int config);
 
 /* The scanner's limits from the configuration (start-up and reloads). */
 void server_scan_limits(const struct config *cfg, struct scan_limits *lim);
@@ -79,6 +114,13 @@ void server_session_remove(struct server *srv, struct session_base *sb);
 
 /* The live session with this id, or NULL when it has gone. */
 struct session_base *server_session_find(struct server *srv, uint64_t id);
+
+/*
+ * Resolves sb->policy for the session's listener, upstream ("host:port")
+ * and user (NULL before the login); logs the rules applied when any.
+ */
+void server_session_policy(struct session_base *sb, const char *upstream,
+                           const char *user);
 
 /* ---- listener.c ---- */
 

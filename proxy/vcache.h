@@ -35,7 +35,9 @@ struct vcache_entry {
 	uint64_t size;                /* the original's size in octets */
 	char quar_id[QUAR_ID_MAX];    /* quarantined: its id, else "" */
 	struct spool *notice;         /* the substitute served in its place, or NULL */
-	uint64_t notice_text;         /* the notice's text octets and lines */
+	int tagged;           /* the substitute is the original tagged (policy tag): its
+	                         structure and parts are the original's */
+	uint64_t notice_text; /* the notice's text octets and lines */
 	uint64_t notice_lines;
 };
 

@@ -6,7 +6,9 @@
  * engine), freed when the last reference goes. Limits from the
  * configuration are set on the engine; a scan that hits one is reported as
  * a SCAN_ERROR verdict (through libclamav's "exceeds max" heuristic), never
- * as clean. Called from start-up (load) and from pool threads (scans).
+ * as clean; an encrypted archive it cannot look into is SCAN_ENCRYPTED
+ * (its encrypted-archive heuristic) unless a real signature hits
+ * elsewhere. Called from start-up (load) and from pool threads (scans).
  */
 #include "scanners/scan.h"
 
@@ -34,7 +36,9 @@ struct scan_engine {
 	struct scan_limits lim;
 };
 
-static const char *const scan_result_names[] = {"clean", "infected", "error"};
+static const char *const scan_result_names[] = {
+    "clean", "infected", "error", "encrypted_archive", "blocked_attachment", "denied_sender",
+    "oversize"};
 _Static_assert(sizeof(scan_result_names) / sizeof(scan_result_names[0]) ==
                    SCAN_RESULT_COUNT,
                "scan result names");
@@ -101,10 +105,28 @@ static unsigned clam_list_files(const char *dbdir, int *test_only_r)
 	return n;
 }
 
-/* Per-scan context: the name libclamav reports through its callback. */
+/*
+ * Per-scan context: the first name libclamav reports through its callback,
+ * of each kind (a signature, an exceeded limit, an encrypted archive).
+ */
 struct clam_ctx {
 	char name[SCAN_SIG_MAX];
+	char limit[SCAN_SIG_MAX];
+	char encrypted[SCAN_SIG_MAX];
 };
+
+/* Records virname in the slot of its kind, unless that slot is taken. */
+static void clam_note(struct clam_ctx *c, const char *virname)
+{
+	char *slot = c->name;
+
+	if (strncmp(virname, "Heuristics.Limits.Exceeded", 26) == 0)
+		slot = c->limit;
+	else if (strncmp(virname, "Heuristics.Encrypted.", 21) == 0)
+		slot = c->encrypted; /* .Zip .RAR .7Zip .EGG (.PDF: documents, off) */
+	if (slot[0] == '\0')
+		snprintf(slot, SCAN_SIG_MAX, "%s", virname);
+}
 
 /*
  * libclamav 1.x returns CL_VIRUS with a NULL name for heuristic alerts
@@ -115,8 +137,8 @@ static void clam_on_virus(int fd, const char *virname, void *context)
 {
 	struct clam_ctx *c = context;
 
-	if (c != NULL && c->name[0] == '\0' && virname != NULL)
-		snprintf(c->name, sizeof(c->name), "%s", virname);
+	if (c != NULL && virname != NULL)
+		clam_note(c, virname);
 }
 
 static void clam_set_limit(struct cl_engine *cl, enum cl_engine_field f, long long v)
@@ -210,6 +232,11 @@ void scan_engine_unref(struct scan_engine **engp)
 	free(eng);
 }
 
+unsigned scan_engine_clamav_version(const struct scan_engine *eng)
+{
+	return eng->db_version;
+}
+
 unsigned scan_engine_db_version(const struct scan_engine *eng)
 {
 	/* what verdicts are tied to: a reload (new signatures) invalidates them */
@@ -231,31 +258,45 @@ static uint64_t clam_now_ms(void)
 
 /*
  * Every parser on (a message's threat hides in its MIME parts and archives),
- * and the one heuristic that turns a hit limit into an alert, so a limit
- * never silently reads as clean.
+ * the heuristic that turns a hit limit into an alert, so a limit never
+ * silently reads as clean, and the one that flags an encrypted archive.
+ * Neither ALLMATCHES nor HEURISTIC_PRECEDENCE: libclamav then holds a
+ * heuristic alert back, scans on, and reports a real signature found later
+ * instead (checked with 1.4: an encrypted entry before a clear EICAR entry
+ * in one zip, or an encrypted zip part before an EICAR part, give EICAR).
  */
 static void clam_options(struct cl_scan_options *o)
 {
 	memset(o, 0, sizeof(*o));
 	o->general = CL_SCAN_GENERAL_HEURISTICS;
 	o->parse = ~0u;
-	o->heuristic = CL_SCAN_HEURISTIC_EXCEEDS_MAX;
+	o->heuristic =
+	    CL_SCAN_HEURISTIC_EXCEEDS_MAX | CL_SCAN_HEURISTIC_ENCRYPTED_ARCHIVE;
 }
 
-/* Turns libclamav's answer into a verdict. */
-static void clam_verdict(cl_error_t r, const char *virname, const struct clam_ctx *c,
+/*
+ * Turns libclamav's answer into a verdict: a signature makes it INFECTED,
+ * else an exceeded limit an ERROR (part of the message went unscanned,
+ * whatever the policy for encrypted archives), else an encrypted archive
+ * ENCRYPTED.
+ */
+static void clam_verdict(cl_error_t r, const char *virname, struct clam_ctx *c,
                          struct scan_verdict *v)
 {
-	if (virname == NULL && c->name[0] != '\0')
-		virname = c->name;
-	if (r == CL_VIRUS && virname != NULL &&
-	    strncmp(virname, "Heuristics.Limits.Exceeded", 26) == 0) {
+	if (r == CL_VIRUS && virname != NULL)
+		clam_note(c, virname);
+	if (r == CL_VIRUS && c->name[0] == '\0' && c->limit[0] != '\0') {
 		v->result = SCAN_ERROR;
-		snprintf(v->error, sizeof(v->error), "limit exceeded (%.200s)", virname);
+		snprintf(v->error, sizeof(v->error), "limit exceeded (%.200s)", c->limit);
+	} else if (r == CL_VIRUS && c->name[0] == '\0' && c->encrypted[0] != '\0') {
+		v->result = SCAN_ENCRYPTED;
+		snprintf(v->signature, sizeof(v->signature), "%s", c->encrypted);
+		snprintf(v->error, sizeof(v->error), "encrypted archive (%.200s)",
+		         c->encrypted);
 	} else if (r == CL_VIRUS) {
 		v->result = SCAN_INFECTED;
 		snprintf(v->signature, sizeof(v->signature), "%s",
-		         virname != NULL ? virname : "unknown");
+		         c->name[0] != '\0' ? c->name : "unknown");
 	} else if (r == CL_CLEAN) {
 		v->result = SCAN_CLEAN;
 	} else {
@@ -277,7 +318,7 @@ void scan_buffer(struct scan_engine *eng, const void *data, size_t len,
 	struct cl_scan_options o;
 	const char *virname = NULL;
 	unsigned long scanned = 0;
-	struct clam_ctx cc = {""};
+	struct clam_ctx cc = {0};
 	uint64_t t0 = clam_now_ms();
 	cl_fmap_t *map;
 	cl_error_t r;
@@ -290,8 +331,7 @@ void scan_buffer(struct scan_engine *eng, const void *data, size_t len,
 		snprintf(v->error, sizeof(v->error), "cannot map message for scanning");
 		return;
 	}
-	r = cl_scanmap_callback(map, "message.eml", &virname, &scanned, eng->cl, &o,
-	                        NULL);
+	r = cl_scanmap_callback(map, "message.eml", &virname, &scanned, eng->cl, &o, &cc);
 	clam_verdict(r, virname, &cc, v);
 	cl_fmap_close(map);
 	v->scan_ms = clam_now_ms() - t0;
@@ -300,10 +340,26 @@ void scan_buffer(struct scan_engine *eng, const void *data, size_t len,
 struct clam_split {
 	struct scan_engine *eng;
 	struct scan_verdict *v;
-	uint64_t deadline_ms; /* max_scantime for the whole message, 0 = none */
+	uint64_t deadline_ms;    /* max_scantime for the whole message, 0 = none */
+	struct scan_verdict enc; /* the first ENCRYPTED verdict, if any */
 };
 
-/* Scans one decoded MIME part; stops the walk at the first bad verdict. */
+/*
+ * An ENCRYPTED verdict does not end the split scan: a later part may hold a
+ * virus. Keeps the first one aside and turns *v back to clean.
+ */
+static void clam_split_keep_encrypted(struct clam_split *cs)
+{
+	if (cs->enc.result != SCAN_ENCRYPTED)
+		cs->enc = *cs->v;
+	cs->v->result = SCAN_CLEAN;
+	cs->v->signature[0] = cs->v->error[0] = '\0';
+}
+
+/*
+ * Scans one decoded MIME part; stops the walk at the first bad verdict
+ * other than an encrypted archive.
+ */
 static int clam_split_part(int fd, const char *name, const char *ctype, void *ctx)
 {
 	struct clam_split *cs = ctx;
@@ -317,13 +373,15 @@ static int clam_split_part(int fd, const char *name, const char *ctype, void *ct
 	}
 	const char *virname = NULL;
 	unsigned long scanned = 0;
-	struct clam_ctx cc = {""};
+	struct clam_ctx cc = {0};
 	cl_error_t r;
 
 	clam_options(&o);
 	r = cl_scandesc_callback(fd, name != NULL ? name : "part", &virname, &scanned,
 	                         cs->eng->cl, &o, &cc);
 	clam_verdict(r, virname, &cc, cs->v);
+	if (cs->v->result == SCAN_ENCRYPTED)
+		clam_split_keep_encrypted(cs);
 	return cs->v->result != SCAN_CLEAN;
 }
 
@@ -335,11 +393,11 @@ static int clam_split_part(int fd, const char *name, const char *ctype, void *ct
 static void clam_scan_split(struct scan_engine *eng, int fd, uint64_t size,
                             struct scan_verdict *v)
 {
-	struct clam_split cs = {eng, v, 0};
+	struct clam_split cs = {eng, v, 0, {.result = SCAN_CLEAN}};
 	struct cl_scan_options o;
 	const char *virname = NULL;
 	unsigned long scanned = 0;
-	struct clam_ctx cc = {""};
+	struct clam_ctx cc = {0};
 	enum mime_walk_res wr;
 	cl_error_t r;
 
@@ -349,6 +407,8 @@ static void clam_scan_split(struct scan_engine *eng, int fd, uint64_t size,
 	o.parse &= ~(unsigned)CL_SCAN_PARSE_MAIL;
 	r = cl_scandesc_callback(fd, "message.eml", &virname, &scanned, eng->cl, &o, &cc);
 	clam_verdict(r, virname, &cc, v);
+	if (v->result == SCAN_ENCRYPTED)
+		clam_split_keep_encrypted(&cs);
 	if (v->result != SCAN_CLEAN)
 		return;
 	wr = mime_walk_fd(fd, size, eng->lim.tmpdir, eng->lim.max_files,
@@ -366,6 +426,11 @@ static void clam_scan_split(struct scan_engine *eng, int fd, uint64_t size,
 		snprintf(v->error, sizeof(v->error),
 		         "cannot write temporary file for a MIME part");
 	}
+	if (v->result == SCAN_CLEAN && cs.enc.result == SCAN_ENCRYPTED) {
+		v->result = SCAN_ENCRYPTED;
+		memcpy(v->signature, cs.enc.signature, sizeof(v->signature));
+		memcpy(v->error, cs.enc.error, sizeof(v->error));
+	}
 }
 
 void scan_fd(struct scan_engine *eng, int fd, struct scan_verdict *v)
@@ -373,7 +438,7 @@ void scan_fd(struct scan_engine *eng, int fd, struct scan_verdict *v)
 	struct cl_scan_options o;
 	const char *virname = NULL;
 	unsigned long scanned = 0;
-	struct clam_ctx cc = {""};
+	struct clam_ctx cc = {0};
 	uint64_t t0 = clam_now_ms();
 	struct stat st;
 	cl_error_t r;

@@ -13,9 +13,24 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum scan_result { SCAN_CLEAN, SCAN_INFECTED, SCAN_ERROR, SCAN_RESULT_COUNT };
+/*
+ * SCAN_ENCRYPTED: the only findings were encrypted archives libclamav could
+ * not look into (its Heuristics.Encrypted.* alerts); a virus found anywhere
+ * else in the message still makes it SCAN_INFECTED.
+ */
+enum scan_result {
+	SCAN_CLEAN,
+	SCAN_INFECTED,
+	SCAN_ERROR,
+	SCAN_ENCRYPTED,
+	/* the rules stage before libclamav (proxy/msgjob.c): */
+	SCAN_BLOCKED,  /* an attachment rule matched: signature says which */
+	SCAN_DENIED,   /* the sender is on sender_deny */
+	SCAN_OVERSIZE, /* larger than the policy's max_message_size: not scanned */
+	SCAN_RESULT_COUNT
+};
 
-/* "clean", "infected", "error" */
+/* "clean", "infected", "error", "encrypted_archive" */
 const char *scan_result_name(enum scan_result r);
 
 #define SCAN_SIG_MAX 256
@@ -23,9 +38,14 @@ const char *scan_result_name(enum scan_result r);
 
 struct scan_verdict {
 	enum scan_result result;
-	char signature[SCAN_SIG_MAX]; /* INFECTED: the signature name */
-	char error[SCAN_ERR_MAX]; /* ERROR: what went wrong (a limit, a time-out...) */
-	uint64_t scan_ms;         /* wall time of the scan */
+	char signature[SCAN_SIG_MAX]; /* INFECTED, ENCRYPTED: the signature name */
+	/*
+	 * ERROR: what went wrong (a limit, a time-out...); ENCRYPTED: "encrypted
+	 * archive (<signature>)", for readers that show error for anything but
+	 * INFECTED.
+	 */
+	char error[SCAN_ERR_MAX];
+	uint64_t scan_ms;    /* wall time of the scan */
 	unsigned db_version; /* the engine's generation: changes with every (re)load */
 };
 
@@ -70,6 +90,12 @@ void scan_engine_unref(struct scan_engine **engp);
  * with one is stale once new signatures are in.
  */
 unsigned scan_engine_db_version(const struct scan_engine *eng);
+
+/*
+ * The databases' own version (CL_ENGINE_DB_VERSION: the daily.cvd
+ * version freshclam reports; 0 for plain signature files).
+ */
+unsigned scan_engine_clamav_version(const struct scan_engine *eng);
 
 /* Number of signatures compiled into the engine. */
 unsigned scan_engine_signatures(const struct scan_engine *eng);

@@ -990,7 +990,8 @@ class TransparentUnscannedTLS(_Router):
 
     def quarantine(self):
         try:
-            return sorted(os.listdir(self.quarantine_dir))
+            # entries only: the daemon's index (.index.sqlite*) lives there too
+            return sorted(n for n in os.listdir(self.quarantine_dir) if not n.startswith("."))
         except FileNotFoundError:
             return []
 

@@ -311,6 +311,25 @@ static const struct err_case {
     {"listeners:\n  - protocol: pop3\n    listen: 127.0.0.1:110\n    upstream: h:1\n"
      "    upstream_tls: implicit\n    upstream_pin: sha256//abc\n",
      2, "upstream_pin must be sha256//"},
+    /* rules */
+    {L1 "rules:\n  - on_malicious: pass\n", 4, "missing key 'match' in 'rules[0]'"},
+    {L1 "rules:\n  - match: {}\n    on_malicious: pass\n", 4,
+     "match needs at least one of listener, upstream, user, domain"},
+    {L1 "rules:\n  - match: {user: a, shoe: b}\n", 4,
+     "unknown key 'shoe' in 'rules[0].match'"},
+    {L1 "rules:\n  - match: {user: a}\n    on_malicious: delete\n", 5,
+     "unknown value 'delete' (allowed: pass, quarantine, abort, tag)"},
+    {L1 "rules:\n  - match: {domain: 'exa mple'}\n", 4, "is not a domain name"},
+    {L1 "rules:\n  - match: {upstream: 'h:99999'}\n", 4, "match.upstream 'h:99999'"},
+    {L1 "rules:\n  - match: {listener: 'h:110'}\n", 4, "rules[0].match.listener: bad"},
+    {L1 "rules: {a: 1}\n", 3, "'rules' must be a sequence"},
+    {L1 "policy:\n  blocked_extensions: exe\n", 4, "must be a list"},
+    {L1 "policy:\n  blocked_extensions: [e/x]\n", 4, "'e/x': an extension is"},
+    {L1 "policy:\n  blocked_mime_types: [application]\n", 4, "a MIME type is"},
+    {L1 "policy:\n  sender_deny: [nobody]\n", 4, "a sender is an address"},
+    {L1 "policy:\n  scan_append: yes\n", 4, "unknown value 'yes' (allowed: true, false)"},
+    {L1 "rules:\n  - match: {user: a}\n    scanner: {max_scantime: 0}\n", 5,
+     "rules[0].scanner.max_scantime: 0 is out of range"},
 /* transparent TLS: interception or not */
 #define LT                                                                               \
 	"listeners:\n  - protocol: pop3\n    listen: 0.0.0.0:10995\n"                    \
@@ -419,7 +438,7 @@ static const struct err_case {
     {L1 "limits:\n  readahead: 0\n", 4, "out of range"},
     /* enums */
     {L1 "policy:\n  on_malicious: drop\n", 4,
-     "policy.on_malicious: unknown value 'drop' (allowed: pass, quarantine, abort)"},
+     "policy.on_malicious: unknown value 'drop' (allowed: pass, quarantine, abort, tag)"},
     {L1 "policy:\n  on_scan_error: Pass\n", 4, "unknown value 'Pass'"},
     {"listeners:\n  - {protocol: smtp, listen: '127.0.0.1:25', upstream: 'h:25'}\n", 2,
      "listeners[0].protocol: unknown value 'smtp' (allowed: pop3, imap)"},
@@ -646,19 +665,179 @@ START_TEST(decide)
 {
 	struct config cfg;
 	struct scan_verdict v = {.result = SCAN_CLEAN};
+	struct policy_set *ps = &cfg.policy;
 
 	config_defaults(&cfg);
-	cfg.on_malicious = POLICY_ABORT;
-	cfg.on_scan_error = POLICY_PASS;
-	ck_assert_int_eq(policy_decide(&cfg, &v), POLICY_PASS);
+	ps->action[PK_MALICIOUS] = POLICY_ABORT;
+	ps->action[PK_SCAN_ERROR] = POLICY_PASS;
+	ck_assert_int_eq(policy_decide(ps, &v), POLICY_PASS);
 	v.result = SCAN_INFECTED;
-	ck_assert_int_eq(policy_decide(&cfg, &v), POLICY_ABORT);
+	ck_assert_int_eq(policy_decide(ps, &v), POLICY_ABORT);
 	v.result = SCAN_ERROR;
-	ck_assert_int_eq(policy_decide(&cfg, &v), POLICY_PASS);
-	cfg.on_scan_error = POLICY_QUARANTINE;
-	ck_assert_int_eq(policy_decide(&cfg, &v), POLICY_QUARANTINE);
+	ck_assert_int_eq(policy_decide(ps, &v), POLICY_PASS);
+	ps->action[PK_SCAN_ERROR] = POLICY_QUARANTINE;
+	ck_assert_int_eq(policy_decide(ps, &v), POLICY_QUARANTINE);
 	v.result = SCAN_RESULT_COUNT; /* out of range: treated as an error */
-	ck_assert_int_eq(policy_decide(&cfg, &v), POLICY_QUARANTINE);
+	ck_assert_int_eq(policy_decide(ps, &v), POLICY_QUARANTINE);
+	/* strength: abort > quarantine > tag > pass */
+	ck_assert_int_gt(policy_action_strength(POLICY_ABORT),
+	                 policy_action_strength(POLICY_QUARANTINE));
+	ck_assert_int_gt(policy_action_strength(POLICY_QUARANTINE),
+	                 policy_action_strength(POLICY_TAG));
+	ck_assert_int_gt(policy_action_strength(POLICY_TAG),
+	                 policy_action_strength(POLICY_PASS));
+}
+END_TEST
+
+/* ---- rules: scope precedence ---- */
+
+static const char rules_yaml[] =
+    "listeners:\n"
+    "  - {protocol: pop3, listen: '0.0.0.0:110', upstream: 'pop.example.jp:110'}\n"
+    "  - {protocol: imap, listen: '127.0.0.1:143', upstream: 'imap.example.jp:143'}\n"
+    "policy:\n"
+    "  on_malicious: quarantine\n"
+    "  blocked_extensions: [exe, .SCR]\n"
+    "  sender_deny: ['@Spam.example']\n"
+    "timeouts: {keepalive: 7}\n"
+    "rules:\n"
+    "  - name: taro\n" /* rank 8 */
+    "    match: {user: Taro@Example.JP}\n"
+    "    on_blocked_attachment: pass\n"
+    "    keepalive: 3\n"
+    "  - name: example.jp\n" /* rank 4 */
+    "    match: {domain: '@example.jp'}\n"
+    "    on_blocked_attachment: tag\n"
+    "    on_oversize: abort\n"
+    "    blocked_extensions: [js]\n"
+    "  - name: upstream\n" /* rank 2 */
+    "    match: {upstream: POP.example.jp}\n"
+    "    on_blocked_attachment: abort\n"
+    "    on_encrypted_archive: pass\n"
+    "    max_message_size: 10M\n"
+    "    scanner: {max_scantime: 5}\n"
+    "  - name: listener-imap\n" /* rank 1 */
+    "    match: {listener: '127.0.0.1:143'}\n"
+    "    scan_append: false\n"
+    "  - name: upstream-port\n" /* rank 2, another port */
+    "    match: {upstream: 'pop.example.jp:995'}\n"
+    "    on_malicious: pass\n"
+    "  - name: later-upstream\n" /* rank 2, later in the file */
+    "    match: {upstream: 'pop.example.jp:110'}\n"
+    "    on_encrypted_archive: tag\n";
+
+START_TEST(rules_precedence)
+{
+	struct loaded l;
+	struct policy_set ps;
+	const struct cfg_rule *ap[8];
+	unsigned n;
+
+	load_text(rules_yaml, &l);
+	ck_assert_msg(l.rc == 0, "errors:\n%s", l.errs);
+	ck_assert_uint_eq(l.cfg->n_rules, 6);
+	/* lists and match keys normalised */
+	ck_assert_str_eq(l.cfg->policy.blocked_extensions.items[1], "scr");
+	ck_assert_str_eq(l.cfg->policy.sender_deny.items[0], "@spam.example");
+	ck_assert_str_eq(l.cfg->rules[0].m_user, "taro@example.jp");
+	ck_assert_str_eq(l.cfg->rules[1].m_domain, "example.jp");
+	ck_assert_str_eq(l.cfg->rules[2].m_upstream_host, "pop.example.jp");
+	ck_assert_uint_eq(l.cfg->rules[4].m_upstream_port, 995);
+
+	/* before the login: listener and upstream rules only */
+	struct policy_scope sc = {"0.0.0.0", 110, "pop.example.jp:110", NULL};
+	policy_resolve(l.cfg, &sc, &ps, ap, 8, &n);
+	ck_assert_uint_eq(n, 2);
+	ck_assert_str_eq(ap[0]->name, "upstream");
+	ck_assert_str_eq(ap[1]->name, "later-upstream");
+	ck_assert_int_eq(ps.action[PK_BLOCKED_ATTACHMENT], POLICY_ABORT);
+	ck_assert_int_eq(ps.action[PK_ENCRYPTED_ARCHIVE], POLICY_TAG); /* later wins */
+	ck_assert_int_eq(ps.action[PK_MALICIOUS], POLICY_QUARANTINE); /* :995 no match */
+	ck_assert_uint_eq(ps.max_message_size, 10u << 20);
+	ck_assert_uint_eq(ps.max_scantime_ms, 5000);
+	ck_assert_uint_eq(ps.keepalive, 7);
+	ck_assert_uint_eq(ps.blocked_extensions.n, 2);
+
+	/* a user of the domain: domain beats upstream, the rest stays */
+	sc.user = "hanako@EXAMPLE.jp";
+	policy_resolve(l.cfg, &sc, &ps, ap, 8, &n);
+	ck_assert_uint_eq(n, 3);
+	ck_assert_str_eq(ap[2]->name, "example.jp");
+	ck_assert_int_eq(ps.action[PK_BLOCKED_ATTACHMENT], POLICY_TAG);
+	ck_assert_int_eq(ps.action[PK_OVERSIZE], POLICY_ABORT);
+	ck_assert_uint_eq(ps.blocked_extensions.n, 1);
+	ck_assert_str_eq(ps.blocked_extensions.items[0], "js");
+	ck_assert_uint_eq(ps.max_message_size, 10u << 20);
+
+	/* the user rule beats the domain rule */
+	sc.user = "taro@example.jp";
+	policy_resolve(l.cfg, &sc, &ps, ap, 8, &n);
+	ck_assert_uint_eq(n, 4);
+	ck_assert_str_eq(ap[3]->name, "taro");
+	ck_assert_int_eq(ps.action[PK_BLOCKED_ATTACHMENT], POLICY_PASS);
+	ck_assert_int_eq(ps.action[PK_OVERSIZE], POLICY_ABORT); /* from the domain */
+	ck_assert_uint_eq(ps.keepalive, 3);
+
+	/* a login without a domain matches no domain rule */
+	sc.user = "taro";
+	policy_resolve(l.cfg, &sc, &ps, NULL, 0, &n);
+	ck_assert_uint_eq(n, 2);
+	/* the other listener: its own rule only */
+	struct policy_scope si = {"127.0.0.1", 143, "imap.example.jp:143", "jiro@other.jp"};
+	policy_resolve(l.cfg, &si, &ps, ap, 8, &n);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_str_eq(ap[0]->name, "listener-imap");
+	ck_assert_int_eq(ps.scan_append, 0);
+	ck_assert_int_eq(ps.action[PK_BLOCKED_ATTACHMENT], POLICY_QUARANTINE);
+	loaded_free(&l);
+}
+END_TEST
+
+START_TEST(sender_lists)
+{
+	char *items[] = {"boss@example.jp", "@partner.example", "@Spam.Example"};
+	struct cfg_list l = {items, 3};
+
+	ck_assert(policy_sender_listed(&l, "boss@example.jp"));
+	ck_assert(policy_sender_listed(&l, "BOSS@Example.JP"));
+	ck_assert(!policy_sender_listed(&l, "boss2@example.jp"));
+	ck_assert(!policy_sender_listed(&l, "xboss@example.jp"));
+	ck_assert(policy_sender_listed(&l, "anyone@partner.example"));
+	ck_assert(policy_sender_listed(&l, "a@mail.partner.example"));
+	ck_assert(!policy_sender_listed(&l, "a@evilpartner.example"));
+	ck_assert(!policy_sender_listed(&l, "a@partner.example.evil"));
+	ck_assert(policy_sender_listed(&l, "x@spam.example"));
+	ck_assert(!policy_sender_listed(&l, "partner.example"));
+	ck_assert(!policy_sender_listed(&l, "@partner.example"));
+	ck_assert(!policy_sender_listed(&l, NULL));
+	ck_assert(!policy_sender_listed(&l, "a@"));
+}
+END_TEST
+
+/* Defaults fail closed and the shipped blocked lists are in place. */
+START_TEST(policy_defaults)
+{
+	struct loaded l;
+
+	load_text(L1, &l);
+	ck_assert_msg(l.rc == 0, "errors:\n%s", l.errs);
+	for (int k = 0; k < PK_COUNT; k++)
+		ck_assert_msg(l.cfg->policy.action[k] == POLICY_QUARANTINE, "%s: %s",
+		              policy_kind_name((enum policy_kind)k),
+		              policy_action_name(l.cfg->policy.action[k]));
+	ck_assert_uint_ge(l.cfg->policy.blocked_extensions.n, 20);
+	ck_assert_uint_ge(l.cfg->policy.blocked_mime_types.n, 3);
+	ck_assert_int_eq(l.cfg->policy.scan_append, 1);
+	ck_assert_int_eq(l.cfg->policy.double_extensions, 1);
+	ck_assert_str_eq(l.cfg->policy.notice_template, "ja+en");
+	ck_assert_uint_eq(l.cfg->policy.max_message_size, 512u << 20);
+	ck_assert_uint_eq(l.cfg->n_rules, 0);
+	loaded_free(&l);
+	/* an empty list is a choice, not "the default" */
+	load_text(L1 "policy: {blocked_extensions: []}\n", &l);
+	ck_assert_msg(l.rc == 0, "errors:\n%s", l.errs);
+	ck_assert_uint_eq(l.cfg->policy.blocked_extensions.n, 0);
+	loaded_free(&l);
 }
 END_TEST
 
@@ -746,6 +925,9 @@ static Suite *config_suite(void)
 	suite_add_tcase(s, te);
 
 	tcase_add_test(tp, decide);
+	tcase_add_test(tp, rules_precedence);
+	tcase_add_test(tp, policy_defaults);
+	tcase_add_test(tp, sender_lists);
 	tcase_add_test(tp, tag_header);
 	tcase_add_test(tp, tag_header_truncates);
 	suite_add_tcase(s, tp);

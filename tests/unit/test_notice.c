@@ -7,6 +7,13 @@
  * headers equal the original's, the subject and body decode to what they
  * should, every line ends in CRLF and fits, and padding hits the requested
  * size exactly without changing the decoded body.
+ *
+ * Templates: the shipped files load and render exactly as their built-in
+ * copies, the default text is unchanged, every variable and fallback, the
+ * load errors (with file:line), Subjects folded into encoded words of at
+ * most 75 octets on lines of at most 78 that never split a character
+ * (Japanese, 300 characters, long sender names), header injection through
+ * every value, padding with a template, and every verdict kind.
  */
 #include "policy/notice.h"
 #include "proxy/spool.h"
@@ -17,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define SAMPLE_FOLDED                                                                    \
 	"Return-Path: <taro@example.jp>\r\n"                                             \
@@ -62,7 +70,7 @@ static void read_str(const char *msg, struct msg_headers *h)
 
 static struct notice_info info(uint64_t pad_to)
 {
-	struct notice_info ni = {"infected", SIG, QID, ADMIN, pad_to};
+	struct notice_info ni = {"infected", SIG, QID, ADMIN, pad_to, NULL, NULL};
 
 	return ni;
 }
@@ -172,13 +180,20 @@ static void check_raw(GMimeMessage *m, const char *name, const char *want)
 	g_free(got);
 }
 
-/* The decoded (charset-converted, QP-decoded) body text. */
+/* The decoded (charset-converted, QP-decoded) body text, LF line endings. */
 static char *body_of(GMimeMessage *m)
 {
 	GMimeObject *part = g_mime_message_get_mime_part(m);
+	char *s, *o;
 
 	ck_assert(GMIME_IS_TEXT_PART(part));
-	return g_mime_text_part_get_text(GMIME_TEXT_PART(part));
+	s = g_mime_text_part_get_text(GMIME_TEXT_PART(part));
+	for (const char *p = o = s; *p != '\0'; p++) {
+		if (p[0] != '\r' || p[1] != '\n')
+			*o++ = *p;
+	}
+	*o = '\0';
+	return s;
 }
 
 static char *rstrip_ws(char *s)
@@ -416,7 +431,7 @@ END_TEST
 START_TEST(build_missing_headers)
 {
 	struct msg_headers h = {0};
-	struct notice_info ni = {"infected", SIG, QID, NULL, 0};
+	struct notice_info ni = {"infected", SIG, QID, NULL, 0, NULL, NULL};
 	GMimeMessage *m;
 	GDateTime *d;
 	char *out, *body, *from;
@@ -448,7 +463,7 @@ END_TEST
 START_TEST(build_error_verdict)
 {
 	struct msg_headers h;
-	struct notice_info ni = {"error", "scan timed out", QID, ADMIN, 0};
+	struct notice_info ni = {"error", "scan timed out", QID, ADMIN, 0, NULL, NULL};
 	GMimeMessage *m;
 	char *out, *body;
 	size_t len;
@@ -534,15 +549,17 @@ START_TEST(build_hostile_headers)
 }
 END_TEST
 
-/* Checks one padded notice against the unpadded one (base, blen). */
-static void check_padded(const struct msg_headers *h, const char *base, size_t blen,
-                         const char *base_body, uint64_t pad_to)
+/* Checks one padded notice (template t) against the unpadded one (base, blen). */
+static void check_padded_with(const struct msg_headers *h,
+                              const struct notice_template *t, const char *base,
+                              size_t blen, const char *base_body, uint64_t pad_to)
 {
 	struct notice_info ni = info(pad_to);
 	GMimeMessage *m;
 	char *out, *body;
 	size_t len, i, ws = 0;
 
+	ni.tmpl = t;
 	out = build(h, &ni, &len);
 	ck_assert_uint_eq(len, pad_to);
 	check_lines(out, len);
@@ -558,6 +575,12 @@ static void check_padded(const struct msg_headers *h, const char *base, size_t b
 	g_free(body);
 	g_object_unref(m);
 	free(out);
+}
+
+static void check_padded(const struct msg_headers *h, const char *base, size_t blen,
+                         const char *base_body, uint64_t pad_to)
+{
+	check_padded_with(h, NULL, base, blen, base_body, pad_to);
 }
 
 START_TEST(pad_range)
@@ -633,9 +656,869 @@ START_TEST(pad_smaller)
 }
 END_TEST
 
+/* ---- templates ---- */
+
+/* The shipped template file name, under $MAILMOAT_SRC (ctest sets it). */
+static char *shipped_path(const char *name)
+{
+	const char *src = getenv("MAILMOAT_SRC");
+
+	return g_strdup_printf("%s/policy/notices/%s.txt", src != NULL ? src : "../..",
+	                       name);
+}
+
+static struct notice_template *parse_ok(const char *text)
+{
+	char err[512] = "";
+	struct notice_template *t =
+	    notice_template_parse("test.txt", text, strlen(text), err, sizeof(err));
+
+	ck_assert_msg(t != NULL, "template refused: %s", err);
+	return t;
+}
+
+/* Builds with template t (NULL: the default) and reparses; *out_r for raw checks. */
+static GMimeMessage *build_with(const struct msg_headers *h, struct notice_info *ni,
+                                const struct notice_template *t, char **out_r,
+                                size_t *len_r)
+{
+	ni->tmpl = t;
+	*out_r = build(h, ni, len_r);
+	check_lines(*out_r, *len_r);
+	return reparse(*out_r, *len_r);
+}
+
+/*
+ * Checks header name in the raw notice: every line at most 78 octets, every
+ * encoded word at most 75 octets, UTF-8 B or Q, decoding on its own to
+ * valid UTF-8 (no character split between two words), and no padded B word
+ * right before another B word (GMime 3.2 loses the text after it). Returns
+ * the number of encoded words.
+ */
+static int check_encoded_header(const char *s, size_t len, const char *name)
+{
+	char *head =
+	    g_strndup(s, (size_t)((const char *)memmem(s, len, "\r\n\r\n", 4) - s));
+	char *key = g_strdup_printf("\r\n%s:", name);
+	const char *p = g_str_has_prefix(head, key + 2) ? head : strstr(head, key);
+	const char *e, *prev_end = NULL;
+	GString *v = g_string_new(NULL);
+	int words = 0, prev_padded = 0;
+
+	ck_assert_msg(p != NULL, "no %s header", name);
+	if (p != head)
+		p += 2;
+	for (;;) {
+		const char *eol = strstr(p, "\r\n");
+		size_t n = eol != NULL ? (size_t)(eol - p) : strlen(p);
+
+		ck_assert_msg(n <= 78, "%s line of %zu octets: %.*s", name, n, (int)n, p);
+		g_string_append_len(v, p, (gssize)n);
+		if (eol == NULL || (eol[2] != ' ' && eol[2] != '\t'))
+			break;
+		p = eol + 2;
+	}
+	for (e = v->str; (e = strstr(e, "=?")) != NULL;) {
+		const char *q;
+		GString *dec = g_string_new(NULL);
+		int b;
+
+		ck_assert_msg(strncmp(e, "=?UTF-8?B?", 10) == 0 ||
+		                  strncmp(e, "=?UTF-8?Q?", 10) == 0,
+		              "odd word %.20s", e);
+		b = e[8] == 'B';
+		q = strstr(e + 10, "?=");
+		ck_assert_ptr_nonnull(q);
+		ck_assert_msg(q + 2 - e <= 75, "encoded word of %d octets",
+		              (int)(q + 2 - e));
+		if (b) {
+			char *b64 = g_strndup(e + 10, (gsize)(q - e - 10));
+			gsize dlen;
+			guchar *d = g_base64_decode(b64, &dlen);
+
+			g_string_append_len(dec, (const char *)d, (gssize)dlen);
+			ck_assert_msg(!(prev_padded && prev_end != NULL &&
+			                strspn(prev_end, " ") == (size_t)(e - prev_end)),
+			              "B word after a padded one: %.80s", prev_end);
+			prev_padded = strchr(b64, '=') != NULL;
+			g_free(d);
+			g_free(b64);
+		} else {
+			for (const char *c = e + 10; c < q; c++) {
+				if (*c == '=') {
+					char hex[3] = {c[1], c[2], 0};
+
+					g_string_append_c(dec,
+					                  (char)strtol(hex, NULL, 16));
+					c += 2;
+				} else {
+					g_string_append_c(dec, *c == '_' ? ' ' : *c);
+				}
+			}
+			prev_padded = 0;
+		}
+		ck_assert_msg(g_utf8_validate(dec->str, (gssize)dec->len, NULL),
+		              "encoded word %.75s splits a character", e);
+		g_string_free(dec, TRUE);
+		words++;
+		e = prev_end = q + 2;
+	}
+	g_string_free(v, TRUE);
+	g_free(key);
+	g_free(head);
+	return words;
+}
+
+/* The decoded value of header name in m (GMime's RFC 2047 decoder). */
+static char *decoded(GMimeMessage *m, const char *name)
+{
+	char *raw = raw_of(m, name), *d;
+
+	ck_assert_msg(raw != NULL, "%s missing", name);
+	d = g_mime_utils_header_decode_text(NULL, raw);
+	g_free(raw);
+	return d;
+}
+
+/* s cut as the notice cuts network text: whole characters up to max octets, "…". */
+static char *cut(const char *s, size_t max)
+{
+	GString *g = g_string_new(NULL);
+
+	for (const char *p = s; *p != '\0'; p = g_utf8_next_char(p)) {
+		size_t c = (size_t)(g_utf8_next_char(p) - p);
+
+		if (g->len + c > max) {
+			g_string_append(g, "…");
+			break;
+		}
+		g_string_append_len(g, p, (gssize)c);
+	}
+	return g_string_free(g, FALSE);
+}
+
+/* n characters of Japanese text. */
+static char *japanese(size_t n)
+{
+	static const char *const w[] = {"請", "求", "書", "の", "ご", "案", "内",
+	                                "（", "至", "急", "）", "ア", "イ", "ウ"};
+	GString *g = g_string_new(NULL);
+
+	for (size_t i = 0; i < n; i++)
+		g_string_append(g, w[i % (sizeof(w) / sizeof(w[0]))]);
+	return g_string_free(g, FALSE);
+}
+
+/* The default notice's text for an infected message, as it was before templates. */
+#define DEFAULT_BODY_INFECTED                                                                               \
+	"このメッセージは mailmoat によって隔離されました。\n\n"                        \
+	"元のメッセージからウイルス（マルウェア）が検出されたため、\n"         \
+	"元のメッセージの代わりにこのお知らせをお届けしています。\n"            \
+	"元のメッセージは隔離領域に保管されており、失われてはいません。\n\n" \
+	"  判定:         ウイルス検出 (infected)\n"                                                 \
+	"  検出名:       " SIG "\n"                                                                         \
+	"  隔離ID:       " QID "\n"                                                                         \
+	"  元の差出人:   山田太郎 <taro@example.jp>\n"                                             \
+	"  元の件名:     " SUBJECT_JA "\n\n"                                                                \
+	"元のメッセージが必要な場合は、上記の隔離IDを添えて\n"                      \
+	"管理者（" ADMIN "）までご連絡ください。\n\n"                                            \
+	"----------------------------------------------------------------------\n\n"                        \
+	"This message was quarantined by mailmoat.\n\n"                                                     \
+	"A virus (malware) was found in the original message, so this\n"                                    \
+	"notice was delivered in its place.\n"                                                              \
+	"The original is kept in quarantine and has not been lost.\n\n"                                     \
+	"  Verdict:          infected\n"                                                                    \
+	"  Threat:           " SIG "\n"                                                                     \
+	"  Quarantine ID:    " QID "\n"                                                                     \
+	"  Original sender:  山田太郎 <taro@example.jp>\n"                                              \
+	"  Original subject: " SUBJECT_JA "\n\n"                                                            \
+	"If you need the original message, contact " ADMIN "\n"                                             \
+	"and quote the quarantine ID above.\n\n"
+
+START_TEST(tmpl_default_unchanged)
+{
+	struct msg_headers h;
+	struct notice_info ni = info(0);
+	GMimeMessage *m;
+	char *out, *body, *subj;
+	size_t len;
+
+	read_str(SAMPLE_FOLDED, &h);
+	m = build_with(&h, &ni, NULL, &out, &len);
+	body = body_of(m);
+	ck_assert_str_eq(body, DEFAULT_BODY_INFECTED);
+	subj = decoded(m, "Subject");
+	ck_assert_str_eq(subj, MARK " " SUBJECT_JA);
+	check_encoded_header(out, len, "Subject");
+	g_free(subj);
+	g_free(body);
+	g_object_unref(m);
+	free(out);
+	notice_headers_free(&h);
+}
+END_TEST
+
+static const char *const verdicts[] = {
+    "infected", "error",         "encrypted_archive", "blocked_attachment",
+    "oversize", "denied_sender", "something_new",     NULL};
+#define N_VERDICTS (sizeof(verdicts) / sizeof(verdicts[0]))
+
+START_TEST(tmpl_shipped_load_and_render)
+{
+	static const char *const names[] = {"ja+en", "ja", "en"};
+	struct msg_headers h;
+	char err[512];
+
+	read_str(SAMPLE_FOLDED, &h);
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		char *path = shipped_path(names[i]);
+		struct notice_template *file =
+		    notice_template_load(path, err, sizeof(err));
+		struct notice_template *bi =
+		    notice_template_open(NULL, names[i], err, sizeof(err));
+
+		ck_assert_msg(file != NULL, "%s: %s", path, err);
+		ck_assert_ptr_nonnull(bi);
+		ck_assert_str_eq(notice_template_name(file), path);
+		ck_assert_ptr_nonnull(strstr(notice_template_name(bi), "built-in"));
+		/* the shipped file and the built-in render alike, for every verdict */
+		for (size_t v = 0; v < N_VERDICTS; v++) {
+			struct notice_info ni = {verdicts[v], SIG,   QID, ADMIN,
+			                         0,           "why", file};
+			char *a, *b, *subj;
+			size_t alen, blen;
+			GMimeMessage *m;
+
+			m = build_with(&h, &ni, file, &a, &alen);
+			ni.tmpl = bi;
+			b = build(&h, &ni, &blen);
+			ck_assert_msg(alen == blen && memcmp(a, b, alen) == 0,
+			              "%s renders unlike its built-in for %s", names[i],
+			              verdicts[v] != NULL ? verdicts[v] : "NULL");
+			/* the Subject mark the integration tests look for */
+			subj = decoded(m, "Subject");
+			ck_assert_msg(g_str_has_prefix(subj, "[mailmoat: "), "%s", subj);
+			ck_assert_ptr_nonnull(strstr(subj, SUBJECT_JA));
+			g_free(subj);
+			g_object_unref(m);
+			free(a);
+			free(b);
+		}
+		/* the default is the shipped ja+en */
+		if (strcmp(names[i], "ja+en") == 0) {
+			struct notice_info ni = info(0);
+			char *a, *b;
+			size_t alen, blen;
+
+			ni.tmpl = file;
+			a = build(&h, &ni, &alen);
+			ni.tmpl = NULL;
+			b = build(&h, &ni, &blen);
+			ck_assert(alen == blen && memcmp(a, b, alen) == 0);
+			free(a);
+			free(b);
+		}
+		notice_template_free(&file);
+		ck_assert_ptr_null(file);
+		notice_template_free(&bi);
+		ck_assert_ptr_null(bi);
+		g_free(path);
+	}
+	{
+		const char *src = getenv("MAILMOAT_SRC");
+		char *dir =
+		    g_strdup_printf("%s/policy/notices", src != NULL ? src : "../..");
+
+		ck_assert_int_eq(notice_templates_check(dir, err, sizeof(err)), 3);
+		g_free(dir);
+	}
+	notice_headers_free(&h);
+}
+END_TEST
+
+START_TEST(tmpl_every_variable)
+{
+	struct notice_template *t = parse_ok(
+	    "Subject: <{{verdict}}> {{subject}} / {{ from }} / {{verdict_mark.en}}\n"
+	    "X-Notice-Reason: {{reason}} ({{signature}}) {{verdict_text.ja}}\n"
+	    "\n"
+	    "s={{subject}}\nf={{from}}\nd={{date}}\nsig={{signature}}\nr={{reason}}\n"
+	    "q={{quarantine_id}}\na={{admin_contact}}\nv={{verdict}}\n"
+	    "mj={{verdict_mark.ja}}\nme={{verdict_mark.en}}\n"
+	    "tj={{verdict_text.ja}}\nte={{verdict_text.en}}\n"
+	    "ej={{verdict_explain.ja}}\nee={{verdict_explain.en}}\n"
+	    "lj=[{{reason_label.ja}}]\nle=[{{reason_label.en}}]\n"
+	    "esc={{{{subject}}\n");
+	struct msg_headers h;
+	struct notice_info ni = {"blocked_attachment",
+	                         "Sig.Name",
+	                         "Q42",
+	                         "it@example.jp",
+	                         0,
+	                         "invoice.pdf.exe (rule: no-exe)",
+	                         NULL};
+	GMimeMessage *m;
+	char *out, *body, *v;
+	size_t len;
+
+	read_str(SAMPLE_FOLDED, &h);
+	m = build_with(&h, &ni, t, &out, &len);
+	body = body_of(m);
+	ck_assert_ptr_nonnull(strstr(body, "s=" SUBJECT_JA "\n"));
+	ck_assert_ptr_nonnull(strstr(body, "f=山田太郎 <taro@example.jp>\n"));
+	ck_assert_ptr_nonnull(strstr(body, "d=Sun, 29 Nov 2026 06:33:38 +0900\n"));
+	ck_assert_ptr_nonnull(strstr(body, "sig=Sig.Name\n"));
+	ck_assert_ptr_nonnull(strstr(body, "r=invoice.pdf.exe (rule: no-exe)\n"));
+	ck_assert_ptr_nonnull(strstr(body, "q=Q42\n"));
+	ck_assert_ptr_nonnull(strstr(body, "a=it@example.jp\n"));
+	ck_assert_ptr_nonnull(strstr(body, "v=blocked_attachment\n"));
+	ck_assert_ptr_nonnull(strstr(body, "mj=添付ファイル制限により隔離\n"));
+	ck_assert_ptr_nonnull(strstr(body, "me=quarantined, blocked attachment\n"));
+	ck_assert_ptr_nonnull(strstr(body, "tj=受信できない添付ファイル\n"));
+	ck_assert_ptr_nonnull(strstr(body, "te=blocked attachment\n"));
+	ck_assert_ptr_nonnull(strstr(body, "ej=元のメッセージに受信が許可されていない"));
+	ck_assert_ptr_nonnull(strstr(body, "ee=The original message has an attachment"));
+	/* labels padded to 13 / 17 display columns (添付ファイル: is 13 already) */
+	ck_assert_ptr_nonnull(strstr(body, "lj=[添付ファイル:]\n"));
+	ck_assert_ptr_nonnull(strstr(body, "le=[Attachment:      ]\n"));
+	ck_assert_ptr_nonnull(strstr(body, "esc={{subject}}\n"));
+	v = decoded(m, "Subject");
+	ck_assert_str_eq(
+	    v, "<blocked_attachment> " SUBJECT_JA
+	       " / 山田太郎 <taro@example.jp> / quarantined, blocked attachment");
+	g_free(v);
+	v = decoded(m, "X-Notice-Reason");
+	ck_assert_str_eq(
+	    v, "invoice.pdf.exe (rule: no-exe) (Sig.Name) 受信できない添付ファイル");
+	g_free(v);
+	check_encoded_header(out, len, "Subject");
+	check_encoded_header(out, len, "X-Notice-Reason");
+	check_raw(m, "X-Mailmoat-Verdict", "blocked_attachment");
+	check_raw(m, "X-Mailmoat-Quarantine-Id", "Q42");
+	g_free(body);
+	g_object_unref(m);
+	free(out);
+	notice_headers_free(&h);
+	notice_template_free(&t);
+}
+END_TEST
+
+START_TEST(tmpl_fallbacks)
+{
+	struct notice_template *t =
+	    parse_ok("Subject: [x] {{subject|(none)}} {{ from | nobody }}\n\n"
+	             "s={{subject|件名なし}}\nd={{date|?}}\nr={{reason|-}}\n"
+	             "a={{admin_contact|管理者}}\nq={{quarantine_id}}.\n"
+	             "full={{subject}}\n");
+	struct msg_headers h = {0};
+	struct notice_info ni = {NULL, "", NULL, "", 0, NULL, NULL};
+	GMimeMessage *m;
+	char *out, *body, *v;
+	size_t len;
+
+	m = build_with(&h, &ni, t, &out, &len);
+	body = body_of(m);
+	ck_assert_ptr_nonnull(
+	    strstr(body, "s=件名なし\nd=?\nr=-\na=管理者\nq=.\nfull=\n"));
+	v = decoded(m, "Subject");
+	ck_assert_str_eq(v, "[x] (none) nobody");
+	g_free(v);
+	check_raw(m, "X-Mailmoat-Verdict", "infected"); /* NULL verdict: as before */
+	g_free(body);
+	g_object_unref(m);
+	free(out);
+
+	/* the signature stands in for an absent reason */
+	ni.signature = "Win.Test.EICAR_HDB-1";
+	m = build_with(&h, &ni, t, &out, &len);
+	body = body_of(m);
+	ck_assert_ptr_nonnull(strstr(body, "r=Win.Test.EICAR_HDB-1\n"));
+	g_free(body);
+	g_object_unref(m);
+	free(out);
+	notice_template_free(&t);
+}
+END_TEST
+
+/* Builds the default notice for subject (UTF-8) and checks its Subject. */
+static void check_subject(const char *subject, const char *tmpl_text, const char *prefix)
+{
+	struct notice_template *t = tmpl_text != NULL ? parse_ok(tmpl_text) : NULL;
+	struct msg_headers h = {0};
+	struct notice_info ni = info(0);
+	GMimeMessage *m;
+	char *out, *got, *want, *c;
+	size_t len;
+
+	h.subject = h.subject_utf8 = (char *)subject;
+	m = build_with(&h, &ni, t, &out, &len);
+	check_encoded_header(out, len, "Subject");
+	c = cut(subject, 512);
+	want = g_strdup_printf("%s%s", prefix, c);
+	got = decoded(m, "Subject");
+	ck_assert_str_eq(got, want);
+	/* and GMime's parser agrees */
+	ck_assert_str_eq(g_mime_message_get_subject(m), want);
+	g_free(got);
+	g_free(want);
+	g_free(c);
+	g_object_unref(m);
+	free(out);
+	notice_template_free(&t);
+}
+
+START_TEST(tmpl_subject_folding)
+{
+	char *ja300 = japanese(300), *ja40 = japanese(40), *mixed, *words, *longword,
+	     *emoji;
+	GString *g;
+
+	check_subject(SUBJECT_JA, NULL, MARK " ");
+	check_subject("ウイルス添付テスト (test) 見積書 v2", NULL, MARK " ");
+	/* 900 octets: cut at 512 on a character boundary */
+	check_subject(ja300, NULL, MARK " ");
+	check_subject(ja300, "Subject: {{subject}}\n\n", "");
+	check_subject(ja40, "Subject: {{subject}}\n\n", "");
+	/* 4-octet characters, never split */
+	check_subject("😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀", NULL, MARK " ");
+	/* a 4-octet character before 3-octet ones: no B word could end unpadded */
+	emoji = g_strdup_printf("😀%s😀 x😀%s", ja40, ja40);
+	check_subject(emoji, NULL, MARK " ");
+	check_subject(emoji, "Subject: {{subject}}\n\n", "");
+	/* Japanese words between ASCII ones, the spacing kept exactly */
+	mixed = g_strdup_printf("Re: [ML:123]  %s  and  %s end", ja40, SUBJECT_JA);
+	check_subject(mixed, NULL, MARK " ");
+	/* ASCII: 300 characters of words, then one 300-character word */
+	g = g_string_new(NULL);
+	while (g->len < 300)
+		g_string_append(g, "quarterly report ");
+	words = g_string_free(g, FALSE);
+	g_strstrip(words);
+	check_subject(words, NULL, MARK " ");
+	longword = g_strnfill(300, 'x');
+	check_subject(longword, NULL, MARK " ");
+	/* text that looks like an encoded word stays text */
+	check_subject("=?UTF-8?B?44GC?= is not mine", NULL, MARK " ");
+	g_free(ja300);
+	g_free(ja40);
+	g_free(mixed);
+	g_free(emoji);
+	g_free(words);
+	g_free(longword);
+}
+END_TEST
+
+START_TEST(tmpl_long_names)
+{
+	struct notice_template *t =
+	    parse_ok("Subject: {{from}} より: {{subject}}\n"
+	             "X-Original-Sender: {{from}}\n\nfrom={{from}}\n");
+	char *name = japanese(120);
+	struct msg_headers h = {0};
+	struct notice_info ni = info(0);
+	GMimeMessage *m;
+	char *out, *body, *want, *got, *c;
+	size_t len;
+
+	h.from = h.from_utf8 = g_strdup_printf("%s <a-very-long-local-part.for.testing@"
+	                                       "sub.division.example.co.jp>",
+	                                       name);
+	h.subject = h.subject_utf8 = SUBJECT_JA;
+	m = build_with(&h, &ni, t, &out, &len);
+	check_encoded_header(out, len, "Subject");
+	check_encoded_header(out, len, "X-Original-Sender");
+	got = decoded(m, "X-Original-Sender");
+	ck_assert_str_eq(got, h.from_utf8);
+	g_free(got);
+	got = decoded(m, "Subject");
+	want = g_strdup_printf("%s より: %s", h.from_utf8, SUBJECT_JA);
+	ck_assert_str_eq(got, want);
+	g_free(got);
+	g_free(want);
+	/* the original From is carried over raw, as ever */
+	check_raw(m, "From", h.from);
+	body = body_of(m);
+	c = g_strdup_printf("from=%s\n", h.from_utf8);
+	ck_assert_ptr_nonnull(strstr(body, c));
+	check_body_lines(out, len, 76);
+	g_free(c);
+	g_free(body);
+	g_object_unref(m);
+	free(out);
+
+	/* longer than 512 octets: cut, still folded */
+	g_free(h.from);
+	g_free(name);
+	name = japanese(400);
+	h.from = h.from_utf8 = g_strdup_printf("%s <x@example.jp>", name);
+	m = build_with(&h, &ni, t, &out, &len);
+	check_encoded_header(out, len, "Subject");
+	check_encoded_header(out, len, "X-Original-Sender");
+	got = decoded(m, "X-Original-Sender");
+	c = cut(h.from_utf8, 512);
+	ck_assert_str_eq(got, c);
+	g_free(c);
+	g_free(got);
+	g_object_unref(m);
+	free(out);
+	g_free(h.from);
+	g_free(name);
+	notice_template_free(&t);
+}
+END_TEST
+
+START_TEST(tmpl_header_injection)
+{
+	static const char *const evil[] = {
+	    "a\r\nBcc: evil@example.jp",
+	    "a\nBcc: evil@example.jp\n",
+	    "a\rBcc: evil@example.jp",
+	    "\r\n\r\nBcc: evil@example.jp",
+	    /* VT, FF, SOH, DEL, U+0085 (NEL); the octal escape ends the C1 */
+	    "x\v\f\001\177\302\205Bcc: evil@example.jp",
+	};
+	struct notice_template *t =
+	    parse_ok("Subject: [mailmoat] {{subject}} {{reason}}\n"
+	             "X-Why: {{reason}} {{from}} {{admin_contact}}\n\n"
+	             "{{subject}}\n{{from}}\n{{reason}}\n{{admin_contact}}\n");
+
+	for (size_t i = 0; i < sizeof(evil) / sizeof(evil[0]); i++) {
+		struct msg_headers h = {0};
+		struct notice_info ni = {"oversize", SIG, QID, evil[i], 0, evil[i], NULL};
+		GMimeMessage *m;
+		char *out, *body, *v;
+		size_t len;
+
+		h.subject = h.subject_utf8 = h.from_utf8 = (char *)evil[i];
+		h.from = "x@example.jp";
+		for (int d = 0; d < 2; d++) {
+			m = build_with(&h, &ni, d ? NULL : t, &out, &len);
+			ck_assert_ptr_null(raw_of(m, "Bcc"));
+			ck_assert_ptr_null(memmem(out, len, "\nBcc", 4));
+			v = decoded(m, "Subject");
+			ck_assert_ptr_null(strpbrk(v, "\r\n"));
+			ck_assert_ptr_nonnull(strstr(v, "Bcc: evil@example.jp"));
+			g_free(v);
+			body = body_of(m);
+			ck_assert_ptr_null(strstr(body, "\nBcc"));
+			g_free(body);
+			g_object_unref(m);
+			free(out);
+		}
+	}
+	notice_template_free(&t);
+}
+END_TEST
+
+/* One template text that must be refused with an error containing want. */
+struct bad_tmpl {
+	const char *text;
+	size_t len; /* 0: strlen */
+	const char *want;
+};
+
+START_TEST(tmpl_load_errors)
+{
+	static const struct bad_tmpl cases[] = {
+	    {"Subject: x\n\nline 3\nline 4 {{subjet}}\n", 0,
+	     "t.txt:4: unknown variable {{subjet}}"},
+	    {"Subject: {{ nope }}\n\n", 0, "t.txt:1: unknown variable {{nope}}"},
+	    {"# c\nSubject: x\n\n{{verdict_text}}\n", 0, "t.txt:4: unknown variable"},
+	    {"Subject: x\n\n{{}}\n", 0, "t.txt:3: unknown variable {{}}"},
+	    {"Subject: x\n\nok\n{{subject\n}}\n", 0, "t.txt:4: unterminated {{"},
+	    {"Subject: x\n\nok {{subject", 0, "t.txt:3: unterminated {{"},
+	    {"Subject: x\n\nok\n\xff\xfe\n", 0, "t.txt:4: invalid UTF-8"},
+	    {"Subject: \xe8\xab\n\n", 0, "t.txt:1: invalid UTF-8"},
+	    {"Subject: x\n\n\xc0\xaf overlong slash\n", 0, "t.txt:3: invalid UTF-8"},
+	    {"Subject: x\n\nnul\n\0after\n", 19, "t.txt:4: NUL"},
+	    {"Subject: x\r\n\r\nbare\rCR\r\n", 0, "t.txt:3: carriage return"},
+	    {"Subject: x\n\nbell\x07\n", 0, "t.txt:3: control character U+0007"},
+	    {"Subject: x\n\nc1\xc2\x85\n", 0, "t.txt:3: control character U+0085"},
+	    {"", 0, "t.txt:1: no Subject header"},
+	    {"\nbody only\n", 0, "t.txt:1: no Subject header"},
+	    {"# only a comment\n", 0, "t.txt:2: no Subject header"},
+	    {"Subject: x\nbody without an empty line\n", 0,
+	     "t.txt:2: expected \"Name: value\""},
+	    {"Subject: x\n", 0, "t.txt:2: no empty line"},
+	    {"Subject: a\nSubject: b\n\n", 0, "t.txt:2: a second Subject"},
+	    {"Subject: a\nFrom: evil@example.jp\n\n", 0,
+	     "t.txt:2: a template sets Subject and X- headers only, not From"},
+	    {"Subject: a\nBcc: evil@example.jp\n\n", 0, "not Bcc"},
+	    {"Subject: a\nX-Mailmoat-Verdict: clean\n\n", 0,
+	     "t.txt:2: X-Mailmoat headers"},
+	    {" folded\nSubject: a\n\n", 0, "t.txt:1: continuation line without a header"},
+	    {"Subject a\n\n", 0, "t.txt:1: expected"},
+	    {"Sub ject: a\n\n", 0, "t.txt:1: expected"},
+	    {"Subject: a\nX-1: 1\nX-2: 2\nX-3: 3\nX-4: 4\nX-5: 5\nX-6: 6\nX-7: 7\nX-8: "
+	     "8\n"
+	     "X-9: 9\n\n",
+	     0, "t.txt:10: at most 8 X- headers"},
+	};
+	char err[512];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		size_t n = cases[i].len != 0 ? cases[i].len : strlen(cases[i].text);
+		struct notice_template *t;
+
+		err[0] = '\0';
+		t = notice_template_parse("t.txt", cases[i].text, n, err, sizeof(err));
+		ck_assert_msg(t == NULL, "case %zu accepted", i);
+		ck_assert_msg(strstr(err, cases[i].want) != NULL,
+		              "case %zu: \"%s\", want \"%s\"", i, err, cases[i].want);
+	}
+
+	/* too many variables, too large */
+	{
+		GString *g = g_string_new("Subject: x\n\n");
+		struct notice_template *t;
+
+		for (int i = 0; i < 257; i++)
+			g_string_append(g, "{{subject}}\n");
+		t = notice_template_parse("t.txt", g->str, g->len, err, sizeof(err));
+		ck_assert_ptr_null(t);
+		ck_assert_ptr_nonnull(strstr(err, "t.txt:259: more than 256 variables"));
+		g_string_truncate(g, 12);
+		while (g->len <= NOTICE_TEMPLATE_MAX)
+			g_string_append(g, "0123456789abcdef\n");
+		t = notice_template_parse("t.txt", g->str, g->len, err, sizeof(err));
+		ck_assert_ptr_null(t);
+		ck_assert_ptr_nonnull(strstr(err, "larger than 65536"));
+		g_string_free(g, TRUE);
+	}
+}
+END_TEST
+
+/* Writes text to dir/name and returns the path (g_free it). */
+static char *write_file(const char *dir, const char *name, const char *text, size_t len)
+{
+	char *path = g_build_filename(dir, name, NULL);
+	FILE *f = fopen(path, "wb");
+
+	ck_assert_ptr_nonnull(f);
+	ck_assert_uint_eq(fwrite(text, 1, len, f), len);
+	fclose(f);
+	return path;
+}
+
+START_TEST(tmpl_load_files)
+{
+	char tmpl[] = "/tmp/test_notice.XXXXXX";
+	char *dir = g_mkdtemp(tmpl), *path, *big, err[512];
+	struct notice_template *t, *t2;
+	struct msg_headers h = {0};
+	struct notice_info ni = info(0);
+	GMimeMessage *m;
+	char *out, *body, *v;
+	size_t len;
+	/* CRLF, a byte-order mark, comments, a continuation line, lower-case name */
+	static const char crlf[] = "\xef\xbb\xbf# mine\r\nsubject: [mailmoat: own]\r\n"
+	                           "  {{subject}}\r\n# between\r\nx-site: HQ\r\n\r\n"
+	                           "Own text {{{{ {{quarantine_id}} }}\r\n\r\n\r\n";
+
+	ck_assert_ptr_nonnull(dir);
+	path = write_file(dir, "own.txt", crlf, sizeof(crlf) - 1);
+	t = notice_template_load(path, err, sizeof(err));
+	ck_assert_msg(t != NULL, "%s", err);
+	h.subject = h.subject_utf8 = "hello";
+	m = build_with(&h, &ni, t, &out, &len);
+	v = decoded(m, "Subject");
+	ck_assert_str_eq(v, "[mailmoat: own] hello");
+	g_free(v);
+	check_raw(m, "X-site", "HQ");
+	body = body_of(m);
+	ck_assert_str_eq(body, "Own text {{ " QID " }}\n\n");
+	g_free(body);
+	g_object_unref(m);
+	free(out);
+	g_free(path);
+
+	/* refcounted: the last release frees */
+	t2 = notice_template_ref(t);
+	ck_assert_ptr_eq(t2, t);
+	notice_template_free(&t);
+	ck_assert_ptr_null(t);
+	ni.tmpl = t2;
+	out = build(&h, &ni, &len);
+	free(out);
+	notice_template_free(&t2);
+	notice_template_free(&t2); /* NULL: nothing */
+
+	/* errors name the file */
+	path = write_file(dir, "bad.txt", "Subject: x\n\n{{nope}}\n", 21);
+	ck_assert_ptr_null(notice_template_load(path, err, sizeof(err)));
+	v = g_strdup_printf("%s:3: unknown variable", path);
+	ck_assert_ptr_nonnull(strstr(err, v));
+	g_free(v);
+	ck_assert_int_eq(notice_templates_check(dir, err, sizeof(err)), -1);
+	ck_assert_ptr_nonnull(strstr(err, "bad.txt:3:"));
+	unlink(path);
+	g_free(path);
+	ck_assert_int_eq(notice_templates_check(dir, err, sizeof(err)), 1);
+
+	ck_assert_ptr_null(notice_template_load("/nonexistent/x.txt", err, sizeof(err)));
+	ck_assert_ptr_nonnull(strstr(err, "/nonexistent/x.txt: "));
+	ck_assert_ptr_null(notice_template_load(dir, err, sizeof(err)));
+	ck_assert_ptr_nonnull(strstr(err, "not a regular file"));
+	big = g_malloc(NOTICE_TEMPLATE_MAX + 100);
+	memcpy(big, "Subject: x\n\n", 12);
+	memset(big + 12, 'a', NOTICE_TEMPLATE_MAX + 88);
+	path = write_file(dir, "big.txt", big, NOTICE_TEMPLATE_MAX + 100);
+	ck_assert_ptr_null(notice_template_load(path, err, sizeof(err)));
+	ck_assert_ptr_nonnull(strstr(err, "larger than"));
+	unlink(path);
+	g_free(path);
+	/* exactly at the limit is fine */
+	path = write_file(dir, "max.txt", big, NOTICE_TEMPLATE_MAX);
+	t = notice_template_load(path, err, sizeof(err));
+	ck_assert_msg(t != NULL, "%s", err);
+	notice_template_free(&t);
+	unlink(path);
+	g_free(path);
+	g_free(big);
+
+	/* names: a file in the directory first, then the built-ins */
+	path = write_file(dir, "ja.txt", "Subject: site ja\n\nsite\n", 23);
+	t = notice_template_open(dir, "ja", err, sizeof(err));
+	ck_assert_msg(t != NULL, "%s", err);
+	ck_assert_str_eq(notice_template_name(t), path);
+	notice_template_free(&t);
+	t = notice_template_open(dir, "en", err, sizeof(err));
+	ck_assert_ptr_nonnull(t);
+	ck_assert_str_eq(notice_template_name(t), "built-in en");
+	notice_template_free(&t);
+	t = notice_template_open(NULL, "ja+en", err, sizeof(err));
+	ck_assert_ptr_nonnull(t);
+	notice_template_free(&t);
+	t = notice_template_open(dir, "own", err, sizeof(err));
+	ck_assert_msg(t != NULL, "%s", err);
+	notice_template_free(&t);
+	ck_assert_ptr_null(notice_template_open(dir, "fr", err, sizeof(err)));
+	ck_assert_ptr_nonnull(strstr(err, "fr.txt"));
+	ck_assert_ptr_null(notice_template_open(NULL, "fr", err, sizeof(err)));
+	ck_assert_ptr_nonnull(strstr(err, "not built in"));
+	ck_assert_ptr_null(notice_template_open(dir, "a b", err, sizeof(err)));
+	ck_assert_ptr_null(notice_template_open(dir, "..", err, sizeof(err)));
+	v = g_build_filename(dir, "own.txt", NULL);
+	t = notice_template_open("/nonexistent", v, err, sizeof(err));
+	ck_assert_msg(t != NULL, "%s", err);
+	notice_template_free(&t);
+	g_free(v);
+	unlink(path);
+	g_free(path);
+	v = g_build_filename(dir, "own.txt", NULL);
+	unlink(v);
+	g_free(v);
+	ck_assert_int_eq(rmdir(dir), 0);
+}
+END_TEST
+
+START_TEST(tmpl_verdict_kinds)
+{
+	static const struct {
+		const char *verdict, *header, *ja, *en, *reason_en;
+	} kinds[] = {
+	    {"infected", "infected", "ウイルス隔離", "virus quarantined", "Threat:"},
+	    {"malicious", "infected", "ウイルス隔離", "virus quarantined", "Threat:"},
+	    {"error", "error", "検査エラーにより隔離", "quarantined, scan error",
+	     "Error:"},
+	    {"scan_error", "error", "検査エラーにより隔離", "quarantined, scan error",
+	     "Error:"},
+	    {"encrypted_archive", "encrypted_archive", "暗号化ファイルのため隔離",
+	     "quarantined, encrypted archive", "File:"},
+	    {"blocked_attachment", "blocked_attachment", "添付ファイル制限により隔離",
+	     "quarantined, blocked attachment", "Attachment:"},
+	    {"oversize", "oversize", "サイズ超過により隔離", "quarantined, too large",
+	     "Details:"},
+	    {"denied_sender", "denied_sender", "差出人制限により隔離",
+	     "quarantined, sender denied", "Reason:"},
+	    {"new kind!\r\nX: y", "new_kind___X__y", "ポリシーにより隔離",
+	     "quarantined by policy", "Reason:"},
+	};
+	struct msg_headers h;
+
+	read_str(SAMPLE_FOLDED, &h);
+	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+		struct notice_info ni = {kinds[i].verdict, SIG, QID, ADMIN, 0,
+		                         "the reason",     NULL};
+		GMimeMessage *m;
+		char *out, *body, *subj, *want, *line;
+		const char *en;
+		size_t len;
+
+		m = build_with(&h, &ni, NULL, &out, &len);
+		check_raw(m, "X-Mailmoat-Verdict", kinds[i].header);
+		subj = decoded(m, "Subject");
+		want = g_strdup_printf("[mailmoat: %s / %s] %s", kinds[i].ja, kinds[i].en,
+		                       SUBJECT_JA);
+		ck_assert_str_eq(subj, want);
+		body = body_of(m);
+		ck_assert_ptr_nonnull(strstr(body, "隔離されました"));
+		en = strstr(body, "This message was quarantined by mailmoat.");
+		ck_assert_ptr_nonnull(en);
+		/* the reason, labelled and aligned with the other values, twice */
+		line = g_strdup_printf("\n  %-17s the reason\n", kinds[i].reason_en);
+		ck_assert_msg(strstr(en, line) != NULL, "no \"%s\" in %s", line, en);
+		ck_assert_ptr_nonnull(strstr(body, "the reason"));
+		ck_assert(strstr(body, "the reason") < en);
+		ck_assert_ptr_nonnull(strstr(en, ", so this\nnotice was delivered"));
+		ck_assert_ptr_nonnull(strstr(body, "ため、"));
+		ck_assert_ptr_null(strstr(body, "{{"));
+		check_body_lines(out, len, 76);
+		check_encoded_header(out, len, "Subject");
+		g_free(line);
+		g_free(body);
+		g_free(subj);
+		g_free(want);
+		g_object_unref(m);
+		free(out);
+	}
+	notice_headers_free(&h);
+}
+END_TEST
+
+START_TEST(tmpl_padding)
+{
+	static const uint64_t extra[] = {1, 2, 3, 77, 78, 79, 157, 4096};
+	char err[512], *path = shipped_path("en");
+	struct notice_template *t = notice_template_load(path, err, sizeof(err));
+	struct msg_headers h;
+	struct notice_info ni = info(0);
+	GMimeMessage *m;
+	char *base, *base_body;
+	size_t blen, i;
+
+	ck_assert_msg(t != NULL, "%s", err);
+	read_str(SAMPLE_FOLDED, &h);
+	ni.tmpl = t;
+	base = build(&h, &ni, &blen);
+	m = reparse(base, blen);
+	base_body = rstrip_ws(body_of(m));
+	ck_assert_ptr_nonnull(strstr(base_body, "Original date:"));
+	g_object_unref(m);
+	for (i = 0; i < sizeof(extra) / sizeof(extra[0]); i++)
+		check_padded_with(&h, t, base, blen, base_body, blen + extra[i]);
+	for (i = 0; i < 2; i++) {
+		char *out;
+		size_t len;
+
+		ni.pad_to = i == 0 ? blen : 10;
+		out = build(&h, &ni, &len);
+		ck_assert_uint_eq(len, blen);
+		ck_assert(memcmp(out, base, len) == 0);
+		free(out);
+	}
+	g_free(base_body);
+	free(base);
+	notice_headers_free(&h);
+	notice_template_free(&t);
+	g_free(path);
+}
+END_TEST
+
 struct thread_arg {
 	const char *ref;
 	size_t ref_len;
+	const struct notice_template *tmpl;
 	int ok;
 };
 
@@ -649,6 +1532,8 @@ static void *thread_main(void *p)
 		struct spool *sp = spool_new(1 << 20, "/tmp", 0);
 		struct notice_info ni = info(a->ref_len);
 		struct msg_headers h;
+
+		ni.tmpl = a->tmpl;
 		char *out = NULL;
 		size_t len = 0;
 
@@ -665,7 +1550,8 @@ static void *thread_main(void *p)
 	return NULL;
 }
 
-START_TEST(threads)
+/* Eight threads build the same notice with template t (NULL: the default). */
+static void run_threads(const struct notice_template *t)
 {
 	struct msg_headers h;
 	struct notice_info ni = info(0);
@@ -676,6 +1562,7 @@ START_TEST(threads)
 	int i;
 
 	read_str(SAMPLE_FOLDED, &h);
+	ni.tmpl = t;
 	ref = build(&h, &ni, &len);
 	ni.pad_to = len + 1000;
 	free(ref);
@@ -683,6 +1570,7 @@ START_TEST(threads)
 	for (i = 0; i < 8; i++) {
 		args[i].ref = ref;
 		args[i].ref_len = len;
+		args[i].tmpl = t;
 		ck_assert_int_eq(pthread_create(&tids[i], NULL, thread_main, &args[i]),
 		                 0);
 	}
@@ -693,6 +1581,24 @@ START_TEST(threads)
 	free(ref);
 	notice_headers_free(&h);
 }
+
+START_TEST(threads)
+{
+	run_threads(NULL);
+}
+END_TEST
+
+START_TEST(threads_template)
+{
+	/* one loaded template, read by every thread at once */
+	char err[512], *path = shipped_path("ja");
+	struct notice_template *t = notice_template_load(path, err, sizeof(err));
+
+	ck_assert_msg(t != NULL, "%s", err);
+	run_threads(t);
+	notice_template_free(&t);
+	g_free(path);
+}
 END_TEST
 
 static Suite *notice_suite(void)
@@ -701,6 +1607,7 @@ static Suite *notice_suite(void)
 	TCase *tr = tcase_create("read");
 	TCase *tb = tcase_create("build");
 	TCase *tp = tcase_create("pad");
+	TCase *tt = tcase_create("template");
 
 	tcase_add_test(tr, read_folded);
 	tcase_add_test(tr, read_lf_and_utf8);
@@ -714,6 +1621,18 @@ static Suite *notice_suite(void)
 	tcase_add_test(tb, build_error_verdict);
 	tcase_add_test(tb, build_hostile_headers);
 	tcase_add_test(tb, threads);
+	tcase_add_test(tt, tmpl_default_unchanged);
+	tcase_add_test(tt, tmpl_shipped_load_and_render);
+	tcase_add_test(tt, tmpl_every_variable);
+	tcase_add_test(tt, tmpl_fallbacks);
+	tcase_add_test(tt, tmpl_subject_folding);
+	tcase_add_test(tt, tmpl_long_names);
+	tcase_add_test(tt, tmpl_header_injection);
+	tcase_add_test(tt, tmpl_load_errors);
+	tcase_add_test(tt, tmpl_load_files);
+	tcase_add_test(tt, tmpl_verdict_kinds);
+	tcase_add_test(tt, tmpl_padding);
+	tcase_add_test(tt, threads_template);
 	tcase_add_test(tp, pad_range);
 	tcase_add_test(tp, pad_large);
 	tcase_add_test(tp, pad_smaller);
@@ -721,6 +1640,7 @@ static Suite *notice_suite(void)
 	suite_add_tcase(s, tr);
 	suite_add_tcase(s, tb);
 	suite_add_tcase(s, tp);
+	suite_add_tcase(s, tt);
 	return s;
 }
 

@@ -151,6 +151,214 @@ START_TEST(test_limit_is_an_error)
 }
 END_TEST
 
+/* ---- encrypted archives ---- */
+
+/*
+ * Builds a zip in a temporary directory with zip(1): entries "name:content"
+ * (NULL-terminated), those in `encrypted` with password "secret". Returns
+ * the zip's bytes (g_free) and its size, or NULL when zip is not installed.
+ */
+static char *make_zip(const char *const *entries, const char *const *encrypted,
+                      size_t *len_r)
+{
+	char dir[] = "/tmp/mm-scan-zip-XXXXXX", cmd[1024], *data = NULL;
+	gsize len = 0;
+
+	if (system("command -v zip >/dev/null 2>&1") != 0) {
+		fprintf(stderr, "SKIP: zip(1) is not installed\n");
+		return NULL;
+	}
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	for (int pass = 0; pass < 2; pass++) {
+		const char *const *list = pass == 0 ? encrypted : entries;
+
+		for (size_t i = 0; list != NULL && list[i] != NULL; i++) {
+			const char *colon = strchr(list[i], ':');
+			char path[512];
+			FILE *f;
+
+			ck_assert_ptr_nonnull(colon);
+			snprintf(path, sizeof(path), "%s/%.*s", dir,
+			         (int)(colon - list[i]), list[i]);
+			f = fopen(path, "wb");
+			ck_assert_ptr_nonnull(f);
+			fputs(colon + 1, f);
+			fclose(f);
+			snprintf(cmd, sizeof(cmd), "cd %s && zip -q %s a.zip %.*s", dir,
+			         pass == 0 ? "-P secret" : "", (int)(colon - list[i]),
+			         list[i]);
+			ck_assert_int_eq(system(cmd), 0);
+		}
+	}
+	snprintf(cmd, sizeof(cmd), "%s/a.zip", dir);
+	ck_assert(g_file_get_contents(cmd, &data, &len, NULL));
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	ck_assert_int_eq(system(cmd), 0);
+	*len_r = len;
+	return data;
+}
+
+/* A message of base64 attachments {name, data, len}, in order, in a file. */
+struct att {
+	const char *name;
+	const void *data;
+	size_t len;
+};
+
+static int make_msg_atts(size_t filler, const struct att *a, size_t n)
+{
+	FILE *f = tmpfile();
+	int fd;
+
+	ck_assert_ptr_nonnull(f);
+	fprintf(f,
+	        "From: a@example.test\r\nTo: b@example.test\r\nSubject: t\r\n"
+	        "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=BB\r\n\r\n"
+	        "--BB\r\nContent-Type: text/plain\r\n\r\nhello\r\n");
+	for (size_t k = 0; k < n; k++) {
+		char *enc = b64(a[k].data, a[k].len);
+		size_t el = strlen(enc);
+
+		fprintf(f,
+		        "--BB\r\nContent-Type: application/octet-stream; name=%s\r\n"
+		        "Content-Transfer-Encoding: base64\r\n\r\n",
+		        a[k].name);
+		for (size_t i = 0; i < el; i += 76)
+			fprintf(f, "%.*s\r\n", (int)(el - i < 76 ? el - i : 76), enc + i);
+		g_free(enc);
+	}
+	if (filler > 0) {
+		fprintf(
+		    f, "--BB\r\nContent-Type: application/octet-stream; name=fill.bin\r\n"
+		       "Content-Transfer-Encoding: base64\r\n\r\n");
+		for (size_t i = 0; i < filler; i += 76)
+			fprintf(f, "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtb"
+			           "m9wcXJzdHV2d3h5ejAx\r\n");
+	}
+	fprintf(f, "--BB--\r\n");
+	fflush(f);
+	fd = dup(fileno(f));
+	fclose(f);
+	lseek(fd, 0, SEEK_SET);
+	return fd;
+}
+
+/* Scans the message whole (libclamav's mail parser) and split: same verdict. */
+static void check_atts(const struct att *a, size_t n, enum scan_result want,
+                       const char *sig_prefix)
+{
+	for (int split = 0; split < 2; split++) {
+		struct scan_engine *eng = load(split ? 1024 : 0, 0);
+		int fd = make_msg_atts(split ? 2u << 20 : 0, a, n);
+		struct scan_verdict v;
+
+		scan_fd(eng, fd, &v);
+		ck_assert_msg(v.result == want, "split=%d: got %s (%s|%s)", split,
+		              scan_result_name(v.result), v.signature, v.error);
+		ck_assert_msg(strncmp(v.signature, sig_prefix, strlen(sig_prefix)) == 0,
+		              "split=%d: %s", split, v.signature);
+		if (want == SCAN_ENCRYPTED)
+			ck_assert_msg(strstr(v.error, "encrypted archive") != NULL, "%s",
+			              v.error);
+		close(fd);
+		scan_engine_unref(&eng);
+	}
+}
+
+START_TEST(test_encrypted_zip)
+{
+	static const char *const harmless[] = {"notes.txt:just a harmless note\n", NULL};
+	static const char *const eicar_in[] = {NULL, NULL};
+	char eicar_entry[128];
+	const char *enc_eicar[] = {eicar_entry, NULL};
+	struct scan_engine *eng;
+	struct scan_verdict v;
+	size_t zl, el;
+	char *zip = make_zip(NULL, harmless, &zl), *ezip;
+
+	if (zip == NULL)
+		return;
+	ck_assert_str_eq(scan_result_name(SCAN_ENCRYPTED), "encrypted_archive");
+	/* the zip alone, in memory */
+	eng = load(0, 0);
+	scan_buffer(eng, zip, zl, &v);
+	ck_assert_msg(v.result == SCAN_ENCRYPTED, "%s %s", scan_result_name(v.result),
+	              v.signature);
+	ck_assert_str_eq(v.signature, "Heuristics.Encrypted.Zip");
+	scan_engine_unref(&eng);
+	/* attached to a message, whole and split */
+	check_atts(&(struct att){"notes.zip", zip, zl}, 1, SCAN_ENCRYPTED,
+	           "Heuristics.Encrypted.Zip");
+	/* EICAR inside an encrypted zip: libclamav cannot see it */
+	snprintf(eicar_entry, sizeof(eicar_entry), "eicar.com:%s", eicar);
+	ezip = make_zip(eicar_in, enc_eicar, &el);
+	check_atts(&(struct att){"e.zip", ezip, el}, 1, SCAN_ENCRYPTED,
+	           "Heuristics.Encrypted.Zip");
+	g_free(ezip);
+	g_free(zip);
+}
+END_TEST
+
+START_TEST(test_encrypted_zip_and_virus)
+{
+	static const char *const harmless[] = {"notes.txt:just a harmless note\n", NULL};
+	char eicar_entry[128];
+	const char *clear[] = {eicar_entry, NULL};
+	size_t zl, ml;
+	char *zip = make_zip(NULL, harmless, &zl), *mixed;
+
+	if (zip == NULL)
+		return;
+	/* EICAR in the clear and an encrypted zip, both orders: the virus wins */
+	{
+		struct att a[] = {{"notes.zip", zip, zl},
+		                  {"eicar.com", eicar, strlen(eicar)}};
+		struct att b[] = {{"eicar.com", eicar, strlen(eicar)},
+		                  {"notes.zip", zip, zl}};
+
+		check_atts(a, 2, SCAN_INFECTED, "Mailmoat.Test.EICAR");
+		check_atts(b, 2, SCAN_INFECTED, "Mailmoat.Test.EICAR");
+	}
+	/* one zip: an encrypted entry first, EICAR in the clear after it */
+	snprintf(eicar_entry, sizeof(eicar_entry), "eicar.com:%s", eicar);
+	mixed = make_zip(clear, harmless, &ml);
+	check_atts(&(struct att){"mixed.zip", mixed, ml}, 1, SCAN_INFECTED,
+	           "Mailmoat.Test.EICAR");
+	g_free(mixed);
+	g_free(zip);
+}
+END_TEST
+
+START_TEST(test_encrypted_zip_and_limit)
+{
+	/* an exceeded limit outranks an encrypted archive: something went unscanned */
+	static const char *const harmless[] = {"notes.txt:just a harmless note\n", NULL};
+	struct scan_engine *eng = load(0, 4096);
+	size_t zl;
+	char *zip = make_zip(NULL, harmless, &zl);
+	struct att a[2];
+	char *big;
+	struct scan_verdict v;
+	int fd;
+
+	if (zip == NULL) {
+		scan_engine_unref(&eng);
+		return;
+	}
+	big = g_strnfill(64 * 1024, 'A');
+	a[0] = (struct att){"notes.zip", zip, zl};
+	a[1] = (struct att){"big.txt", big, 64 * 1024};
+	fd = make_msg_atts(0, a, 2);
+	scan_fd(eng, fd, &v);
+	ck_assert_msg(v.result == SCAN_ERROR, "%s %s %s", scan_result_name(v.result),
+	              v.signature, v.error);
+	close(fd);
+	g_free(big);
+	g_free(zip);
+	scan_engine_unref(&eng);
+}
+END_TEST
+
 START_TEST(test_load_empty_dir_fails)
 {
 	struct scan_limits lim;
@@ -183,6 +391,9 @@ int main(void)
 	tcase_add_test(tc, test_fd_clam_zip_split);
 	tcase_add_test(tc, test_limit_is_an_error);
 	tcase_add_test(tc, test_load_empty_dir_fails);
+	tcase_add_test(tc, test_encrypted_zip);
+	tcase_add_test(tc, test_encrypted_zip_and_virus);
+	tcase_add_test(tc, test_encrypted_zip_and_limit);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
