@@ -772,9 +772,20 @@ static const struct field rule_fields[] = {
     {.key = NULL},
 };
 
+static const struct field admin_copy_fields[] = {
+    F_STR("to", copy_to),
+    F_STR("smtp_url", copy_smtp_url),
+    F_OPT("from", copy_from),
+    F_OPT("user", copy_user),
+    F_OPT("password_file", copy_password_file),
+    F_OPT("ca", copy_ca),
+    {.key = NULL},
+};
+
 static const struct field notice_fields[] = {
     F_STR("admin_contact", admin_contact),
     P_STR("template", struct config, policy, notice_template, PS_NOTICE_TEMPLATE),
+    F_SECTION("admin_copy", admin_copy_fields),
     {.key = "templates_dir",
      .kind = FK_OPT_STRING,
      .off = offsetof(struct config, notice_templates_dir),
@@ -1612,6 +1623,11 @@ static void finish_policy(struct load_ctx *ctx)
 	             attach_n_default_mime_types) < 0)
 		report(ctx, 1, "out of memory");
 	p->set = 0;
+	if ((cfg->copy_to[0] != '\0') != (cfg->copy_smtp_url[0] != '\0'))
+		report(ctx, 1, "notice.admin_copy needs both 'to' and 'smtp_url'");
+	if (cfg->copy_to[0] != '\0' &&
+	    (strchr(cfg->copy_to, '@') == NULL || strpbrk(cfg->copy_to, " <>\"") != NULL))
+		report(ctx, 1, "notice.admin_copy.to: '%s' is not a mail address", cfg->copy_to);
 	/* the notice templates, loaded now: a bad one is a configuration error */
 	p->tmpl = load_template(ctx, cfg->notice_templates_dir, p->notice_template, 1,
 	                        "notice.template");

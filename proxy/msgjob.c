@@ -194,6 +194,37 @@ static void msgjob_attach_rules(const struct policy_set *ps, struct attach_rules
 }
 
 /*
+ * A rule's scanner limits stricter than the configuration's global ones
+ * (which the engine was built with): they apply to this scan only.
+ */
+static void msgjob_overrides(const struct msgjob *job, struct scan_overrides *ov)
+{
+	const struct policy_set *ps = &job->policy;
+	const struct config *cfg = job->cfg;
+
+	memset(ov, 0, sizeof(*ov));
+	if (ps->max_filesize < cfg->clamav_max_filesize)
+		ov->max_filesize = ps->max_filesize;
+	if (ps->max_scansize < cfg->clamav_max_scansize)
+		ov->max_scansize = ps->max_scansize;
+	if (ps->max_recursion < cfg->clamav_max_recursion)
+		ov->max_recursion = ps->max_recursion;
+	if (ps->max_files < cfg->clamav_max_files)
+		ov->max_files = ps->max_files;
+	if (ps->max_scantime_ms < cfg->clamav_max_scantime_ms)
+		ov->max_scantime_ms = ps->max_scantime_ms;
+}
+
+/* NULL when nothing is stricter: the scan runs as before. */
+static const struct scan_overrides *ov_ptr(const struct scan_overrides *ov)
+{
+	return ov->max_filesize || ov->max_scansize || ov->max_recursion ||
+	               ov->max_files || ov->max_scantime_ms
+	           ? ov
+	           : NULL;
+}
+
+/*
  * The rules stage (size, sender, attachments), then libclamav; of all the
  * findings the one whose action is strongest becomes the verdict (a virus
  * first among equals). A sender on sender_allow is exempt from the
@@ -205,6 +236,7 @@ static void msgjob_scan(struct msgjob *job)
 	uint64_t size = spool_size(job->spool);
 	const void *mem = spool_mem(job->spool);
 	struct scan_verdict rule, clam;
+	struct scan_overrides ov;
 	struct msg_headers h;
 	char sender[320];
 	int allowed = 0;
@@ -244,10 +276,11 @@ static void msgjob_scan(struct msgjob *job)
 			msgjob_rule_verdict(&rule, SCAN_ERROR, "attachment rules: %s",
 			                    f.reason);
 	}
+	msgjob_overrides(job, &ov);
 	if (mem != NULL)
-		scan_buffer(job->engine, mem, (size_t)size, &clam);
+		scan_buffer_ex(job->engine, mem, (size_t)size, ov_ptr(&ov), &clam);
 	else
-		scan_fd(job->engine, spool_fd(job->spool), &clam);
+		scan_fd_ex(job->engine, spool_fd(job->spool), ov_ptr(&ov), &clam);
 	if (allowed && clam.result == SCAN_ENCRYPTED)
 		clam.result = SCAN_CLEAN; /* a trusted sender's encrypted archive */
 	rule.scan_ms = clam.scan_ms;

@@ -37,8 +37,8 @@ struct scan_engine {
 };
 
 static const char *const scan_result_names[] = {
-    "clean", "infected", "error", "encrypted_archive", "blocked_attachment", "denied_sender",
-    "oversize"};
+    "clean",         "infected", "error", "encrypted_archive", "blocked_attachment",
+    "denied_sender", "oversize"};
 _Static_assert(sizeof(scan_result_names) / sizeof(scan_result_names[0]) ==
                    SCAN_RESULT_COUNT,
                "scan result names");
@@ -113,14 +113,81 @@ struct clam_ctx {
 	char name[SCAN_SIG_MAX];
 	char limit[SCAN_SIG_MAX];
 	char encrypted[SCAN_SIG_MAX];
+	/* a rule's stricter limits (NULL: none), and what counts against them */
+	const struct scan_overrides *ov;
+	uint64_t deadline_ms; /* 0: none */
+	uint64_t bytes;
+	unsigned files;
 };
+
+static uint64_t clam_now_ms(void);
+
+/*
+ * Called by libclamav for every file it is about to scan (the message, each
+ * part, each archive member): a rule's stricter limits. A file over one is
+ * not scanned and the limit noted, which makes the verdict a scan error.
+ */
+static cl_error_t clam_on_file(int fd, const char *type, const char **ancestors,
+                               size_t parent_file_size, const char *file_name,
+                               size_t file_size, const char *file_buffer,
+                               uint32_t recursion_level, uint32_t layer_attributes,
+                               void *context)
+{
+	struct clam_ctx *c = context;
+	const struct scan_overrides *ov = c != NULL ? c->ov : NULL;
+	const char *hit = NULL;
+
+	(void)fd;
+	(void)type;
+	(void)ancestors;
+	(void)parent_file_size;
+	(void)file_name;
+	(void)file_buffer;
+	(void)layer_attributes;
+	if (ov == NULL)
+		return CL_CLEAN;
+	c->files++;
+	c->bytes += file_size;
+	if (ov->max_files != 0 && c->files > ov->max_files)
+		hit = "MaxFiles";
+	else if (ov->max_recursion != 0 && recursion_level > ov->max_recursion)
+		hit = "MaxRecursion";
+	else if (ov->max_filesize != 0 && file_size > ov->max_filesize)
+		hit = "MaxFileSize";
+	else if (ov->max_scansize != 0 && c->bytes > ov->max_scansize)
+		hit = "MaxScanSize";
+	else if (c->deadline_ms != 0 && clam_now_ms() > c->deadline_ms)
+		hit = "MaxScanTime";
+	if (hit == NULL)
+		return CL_CLEAN;
+	if (c->limit[0] == '\0')
+		snprintf(c->limit, SCAN_SIG_MAX, "Heuristics.Limits.Exceeded.%s (rule)",
+		         hit);
+	/*
+	 * Not CL_BREAK ("trusted, skip"): libclamav would remember this
+	 * content as clean in its engine-wide cache, and a later scan of it
+	 * without the rule would find it clean there. CL_VIRUS is never
+	 * cached as clean; with no signature name the verdict becomes the
+	 * limit's scan error (clam_verdict).
+	 */
+	return CL_VIRUS;
+}
+
+static void clam_ctx_init(struct clam_ctx *c, const struct scan_overrides *ov)
+{
+	memset(c, 0, sizeof(*c));
+	c->ov = ov;
+	if (ov != NULL && ov->max_scantime_ms != 0)
+		c->deadline_ms = clam_now_ms() + ov->max_scantime_ms;
+}
 
 /* Records virname in the slot of its kind, unless that slot is taken. */
 static void clam_note(struct clam_ctx *c, const char *virname)
 {
 	char *slot = c->name;
 
-	if (strncmp(virname, "Heuristics.Limits.Exceeded", 26) == 0)
+	if (strncmp(virname, "Heuristics.Limits.Exceeded", 26) == 0 ||
+	    strncmp(virname, "Detected.By.Callback", 20) == 0) /* clam_on_file's */
 		slot = c->limit;
 	else if (strncmp(virname, "Heuristics.Encrypted.", 21) == 0)
 		slot = c->encrypted; /* .Zip .RAR .7Zip .EGG (.PDF: documents, off) */
@@ -190,6 +257,7 @@ int scan_engine_load(const char *dbdir, const struct scan_limits *lim,
 	if (r == CL_SUCCESS)
 		r = cl_engine_compile(eng->cl);
 	cl_engine_set_clcb_virus_found(eng->cl, clam_on_virus);
+	cl_engine_set_clcb_file_inspection(eng->cl, clam_on_file);
 	if (r != CL_SUCCESS) {
 		snprintf(err, errlen, "loading %s: %s", dbdir, cl_strerror(r));
 		cl_engine_free(eng->cl);
@@ -297,6 +365,10 @@ static void clam_verdict(cl_error_t r, const char *virname, struct clam_ctx *c,
 		v->result = SCAN_INFECTED;
 		snprintf(v->signature, sizeof(v->signature), "%s",
 		         c->name[0] != '\0' ? c->name : "unknown");
+	} else if (r == CL_CLEAN && c->limit[0] != '\0') {
+		/* a rule's limit skipped a file (clam_on_file): not all was seen */
+		v->result = SCAN_ERROR;
+		snprintf(v->error, sizeof(v->error), "limit exceeded (%.200s)", c->limit);
 	} else if (r == CL_CLEAN) {
 		v->result = SCAN_CLEAN;
 	} else {
@@ -315,15 +387,22 @@ static void clam_begin(struct scan_engine *eng, struct scan_verdict *v)
 void scan_buffer(struct scan_engine *eng, const void *data, size_t len,
                  struct scan_verdict *v)
 {
+	scan_buffer_ex(eng, data, len, NULL, v);
+}
+
+void scan_buffer_ex(struct scan_engine *eng, const void *data, size_t len,
+                    const struct scan_overrides *ov, struct scan_verdict *v)
+{
 	struct cl_scan_options o;
 	const char *virname = NULL;
 	unsigned long scanned = 0;
-	struct clam_ctx cc = {0};
+	struct clam_ctx cc;
 	uint64_t t0 = clam_now_ms();
 	cl_fmap_t *map;
 	cl_error_t r;
 
 	clam_begin(eng, v);
+	clam_ctx_init(&cc, ov);
 	clam_options(&o);
 	map = cl_fmap_open_memory(data, len);
 	if (map == NULL) {
@@ -339,6 +418,7 @@ void scan_buffer(struct scan_engine *eng, const void *data, size_t len,
 
 struct clam_split {
 	struct scan_engine *eng;
+	const struct scan_overrides *ov;
 	struct scan_verdict *v;
 	uint64_t deadline_ms;    /* max_scantime for the whole message, 0 = none */
 	struct scan_verdict enc; /* the first ENCRYPTED verdict, if any */
@@ -373,9 +453,10 @@ static int clam_split_part(int fd, const char *name, const char *ctype, void *ct
 	}
 	const char *virname = NULL;
 	unsigned long scanned = 0;
-	struct clam_ctx cc = {0};
+	struct clam_ctx cc;
 	cl_error_t r;
 
+	clam_ctx_init(&cc, cs->ov);
 	clam_options(&o);
 	r = cl_scandesc_callback(fd, name != NULL ? name : "part", &virname, &scanned,
 	                         cs->eng->cl, &o, &cc);
@@ -391,18 +472,22 @@ static int clam_split_part(int fd, const char *name, const char *ctype, void *ct
  * decoded on its own with all the other parsers (archives, documents...).
  */
 static void clam_scan_split(struct scan_engine *eng, int fd, uint64_t size,
-                            struct scan_verdict *v)
+                            const struct scan_overrides *ov, struct scan_verdict *v)
 {
-	struct clam_split cs = {eng, v, 0, {.result = SCAN_CLEAN}};
+	struct clam_split cs = {eng, ov, v, 0, {.result = SCAN_CLEAN}};
 	struct cl_scan_options o;
 	const char *virname = NULL;
 	unsigned long scanned = 0;
-	struct clam_ctx cc = {0};
+	struct clam_ctx cc;
 	enum mime_walk_res wr;
 	cl_error_t r;
 
 	if (eng->lim.max_scantime_ms != 0)
 		cs.deadline_ms = clam_now_ms() + eng->lim.max_scantime_ms;
+	if (ov != NULL && ov->max_scantime_ms != 0 &&
+	    (cs.deadline_ms == 0 || clam_now_ms() + ov->max_scantime_ms < cs.deadline_ms))
+		cs.deadline_ms = clam_now_ms() + ov->max_scantime_ms;
+	clam_ctx_init(&cc, ov);
 	clam_options(&o);
 	o.parse &= ~(unsigned)CL_SCAN_PARSE_MAIL;
 	r = cl_scandesc_callback(fd, "message.eml", &virname, &scanned, eng->cl, &o, &cc);
@@ -435,18 +520,25 @@ static void clam_scan_split(struct scan_engine *eng, int fd, uint64_t size,
 
 void scan_fd(struct scan_engine *eng, int fd, struct scan_verdict *v)
 {
+	scan_fd_ex(eng, fd, NULL, v);
+}
+
+void scan_fd_ex(struct scan_engine *eng, int fd, const struct scan_overrides *ov,
+                struct scan_verdict *v)
+{
 	struct cl_scan_options o;
 	const char *virname = NULL;
 	unsigned long scanned = 0;
-	struct clam_ctx cc = {0};
+	struct clam_ctx cc;
 	uint64_t t0 = clam_now_ms();
 	struct stat st;
 	cl_error_t r;
 
 	clam_begin(eng, v);
+	clam_ctx_init(&cc, ov);
 	if (fstat(fd, &st) == 0 && eng->lim.mime_split_above != 0 &&
 	    (uint64_t)st.st_size > eng->lim.mime_split_above) {
-		clam_scan_split(eng, fd, (uint64_t)st.st_size, v);
+		clam_scan_split(eng, fd, (uint64_t)st.st_size, ov, v);
 	} else {
 		clam_options(&o);
 		r = cl_scandesc_callback(fd, "message.eml", &virname, &scanned, eng->cl,

@@ -109,4 +109,24 @@ void scan_buffer(struct scan_engine *eng, const void *data, size_t len,
                  struct scan_verdict *v);
 void scan_fd(struct scan_engine *eng, int fd, struct scan_verdict *v);
 
+/*
+ * Stricter limits for one scan (a policy rule's): 0 keeps the engine's.
+ * A value above the engine's own limit changes nothing (the engine's are
+ * the ceiling). Hitting one is a SCAN_ERROR "... limit exceeded (rule)"
+ * like the engine's limits; the check runs for every file libclamav opens
+ * (the message, its parts, archive members).
+ */
+struct scan_overrides {
+	uint64_t max_filesize;
+	uint64_t max_scansize;
+	unsigned max_recursion;
+	unsigned max_files;
+	unsigned max_scantime_ms;
+};
+
+void scan_buffer_ex(struct scan_engine *eng, const void *data, size_t len,
+                    const struct scan_overrides *ov, struct scan_verdict *v);
+void scan_fd_ex(struct scan_engine *eng, int fd, const struct scan_overrides *ov,
+                struct scan_verdict *v);
+
 #endif

@@ -658,6 +658,38 @@ class Oversize(PolicyCase):
                       {"big": ("oversize", ["max_message_size 10240"])})
 
 
+class RuleScannerLimits(PolicyCase):
+    """A rule's scanner limits stricter than the global ones apply to that
+    rule's sessions only: a part over its max_filesize makes the scan an
+    error (quarantined by default), for everyone else the message passes."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        line = "A line of an ordinary, harmless and rather long message.\n"
+        cls.boxes = {}
+        for who in ("strict", "normal"):
+            to = "%s@example.test" % who
+            cls.boxes[who] = cls.make_box(who, [
+                ("big",) + (lambda d: (d, mh.header_of(d, "Message-ID")))(
+                    mh.msg_plain(to=to, n=1, subject="Twenty kilobytes",
+                                 body=line * (20 * 1024 // len(line)))),
+                ("small",) + (lambda d: (d, mh.header_of(d, "Message-ID")))(
+                    mh.msg_plain(to=to, n=2, subject="Short", body="Hello.\n")),
+            ])
+        cls.rules = mh.rules_yaml([{"name": "tight-scanner",
+                                    "match": {"user": cls.boxes["strict"].user},
+                                    "scanner": {"max_filesize": "4K"}}])
+
+    def test_pop3(self):
+        proxy = self.start_proxy(extra=self.rules)
+        self.pop3_run(proxy, self.boxes["strict"], ("small",),
+                      {"big": ("error", ["MaxFileSize (rule)"])})
+        # the same content for a user without the rule: scanned whole, clean
+        # (a limit never leaves the content marked clean in libclamav's cache)
+        self.pop3_run(proxy, self.boxes["normal"], ("small", "big"), {})
+
+
 # ------------------------------------------------------------------ 6 ----
 
 class EncryptedArchive(PolicyCase):

@@ -151,6 +151,59 @@ START_TEST(test_limit_is_an_error)
 }
 END_TEST
 
+/* A rule's stricter limits (scan_*_ex): the same engine, per scan. */
+START_TEST(test_rule_overrides)
+{
+	struct scan_engine *eng = load(0, 0); /* the engine's limits: libclamav's */
+	struct scan_verdict v;
+	struct scan_overrides ov;
+	int fd = make_msg(64 * 1024, NULL, 0, NULL);
+
+	/* no overrides: clean */
+	scan_fd_ex(eng, fd, NULL, &v);
+	ck_assert_msg(v.result == SCAN_CLEAN, "%s %s", v.signature, v.error);
+	/* a 1 KiB file size limit: the 48 KiB part is over it */
+	memset(&ov, 0, sizeof(ov));
+	ov.max_filesize = 1024;
+	scan_fd_ex(eng, fd, &ov, &v);
+	ck_assert_msg(v.result == SCAN_ERROR, "%s %s", v.signature, v.error);
+	ck_assert_ptr_nonnull(strstr(v.error, "MaxFileSize (rule)"));
+	/* the same from memory, with a scan-size limit */
+	{
+		char buf[128 * 1024];
+		ssize_t n = pread(fd, buf, sizeof(buf), 0);
+
+		ck_assert_int_gt(n, 0);
+		memset(&ov, 0, sizeof(ov));
+		ov.max_scansize = 4096;
+		scan_buffer_ex(eng, buf, (size_t)n, &ov, &v);
+		ck_assert_msg(v.result == SCAN_ERROR, "%s %s", v.signature, v.error);
+		ck_assert_ptr_nonnull(strstr(v.error, "MaxScanSize (rule)"));
+		/* generous limits change nothing */
+		memset(&ov, 0, sizeof(ov));
+		ov.max_filesize = 1u << 30;
+		ov.max_files = 1000;
+		ov.max_scantime_ms = 60000;
+		scan_buffer_ex(eng, buf, (size_t)n, &ov, &v);
+		ck_assert_msg(v.result == SCAN_CLEAN, "%s %s", v.signature, v.error);
+	}
+	/* a message skipped by a limit never reads as clean, virus or not */
+	{
+		int fe = make_msg(64 * 1024, eicar, strlen(eicar), "eicar.com");
+
+		memset(&ov, 0, sizeof(ov));
+		ov.max_filesize = 1024;
+		scan_fd_ex(eng, fe, &ov, &v);
+		ck_assert_msg(v.result == SCAN_ERROR, "%s %s", v.signature, v.error);
+		scan_fd_ex(eng, fe, NULL, &v);
+		ck_assert_msg(v.result == SCAN_INFECTED, "%s %s", v.signature, v.error);
+		close(fe);
+	}
+	close(fd);
+	scan_engine_unref(&eng);
+}
+END_TEST
+
 /* ---- encrypted archives ---- */
 
 /*
@@ -390,6 +443,7 @@ int main(void)
 	tcase_add_test(tc, test_fd_eicar_attachment_whole_and_split);
 	tcase_add_test(tc, test_fd_clam_zip_split);
 	tcase_add_test(tc, test_limit_is_an_error);
+	tcase_add_test(tc, test_rule_overrides);
 	tcase_add_test(tc, test_load_empty_dir_fails);
 	tcase_add_test(tc, test_encrypted_zip);
 	tcase_add_test(tc, test_encrypted_zip_and_virus);
