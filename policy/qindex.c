@@ -273,44 +273,6 @@ static double ix_mono_ms(void)
 
 /* ------------------------------------------------------------------ JSON */
 
-/*
- * Length of the valid UTF-8 sequence at s (RFC 3629: no overlongs, no
- * surrogates, nothing past U+10FFFF) within end, or 0 when it is not one.
- */
-static size_t ix_utf8_len(const unsigned char *s, const unsigned char *end)
-{
-	unsigned char lo = 0x80, hi = 0xbf;
-	size_t n, i;
-
-	if (s[0] < 0x80)
-		return 1;
-	if (s[0] >= 0xc2 && s[0] <= 0xdf)
-		n = 2;
-	else if (s[0] >= 0xe0 && s[0] <= 0xef)
-		n = 3;
-	else if (s[0] >= 0xf0 && s[0] <= 0xf4)
-		n = 4;
-	else
-		return 0;
-	if ((size_t)(end - s) < n)
-		return 0;
-	if (s[0] == 0xe0)
-		lo = 0xa0;
-	else if (s[0] == 0xed)
-		hi = 0x9f;
-	else if (s[0] == 0xf0)
-		lo = 0x90;
-	else if (s[0] == 0xf4)
-		hi = 0x8f;
-	if (s[1] < lo || s[1] > hi)
-		return 0;
-	for (i = 2; i < n; i++) {
-		if (s[i] < 0x80 || s[i] > 0xbf)
-			return 0;
-	}
-	return n;
-}
-
 void qindex_json_str(FILE *f, const char *s)
 {
 	const unsigned char *p = (const unsigned char *)s, *end;
@@ -322,7 +284,7 @@ void qindex_json_str(FILE *f, const char *s)
 	end = p + strlen(s);
 	putc('"', f);
 	while (p < end) {
-		size_t n = ix_utf8_len(p, end);
+		size_t n = quar_utf8_len(p, end);
 
 		if (n == 0) {
 			fputs("\xef\xbf\xbd", f);
@@ -570,7 +532,7 @@ static int jp_string(struct jp *j, char **out_r, size_t maxlen)
 			continue;
 		}
 		{
-			size_t len = ix_utf8_len(j->p, j->end);
+			size_t len = quar_utf8_len(j->p, j->end);
 
 			if (len == 0) {
 				if (o == NULL)

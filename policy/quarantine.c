@@ -135,15 +135,13 @@ static void quar_puts(struct quar_buf *b, const char *s)
 	quar_put(b, s, strlen(s));
 }
 
-/*
- * Length of the valid UTF-8 sequence at s (RFC 3629: no overlongs, no
- * surrogates, nothing past U+10FFFF), or 0 when it is not one.
- */
-static size_t quar_utf8_len(const unsigned char *s)
+size_t quar_utf8_len(const unsigned char *s, const unsigned char *end)
 {
 	unsigned char lo = 0x80, hi = 0xbf;
 	size_t n, i;
 
+	if (s >= end)
+		return 0;
 	if (s[0] < 0x80)
 		return 1;
 	if (s[0] >= 0xc2 && s[0] <= 0xdf)
@@ -153,6 +151,8 @@ static size_t quar_utf8_len(const unsigned char *s)
 	else if (s[0] >= 0xf0 && s[0] <= 0xf4)
 		n = 4;
 	else
+		return 0;
+	if ((size_t)(end - s) < n)
 		return 0;
 	if (s[0] == 0xe0)
 		lo = 0xa0;
@@ -185,8 +185,10 @@ static void quar_json_str(struct quar_buf *b, const char *s)
 		return;
 	}
 	quar_put(b, "\"", 1);
+	const unsigned char *end = p + strlen(s);
+
 	while (*p != '\0') {
-		size_t n = quar_utf8_len(p);
+		size_t n = quar_utf8_len(p, end);
 		char esc[8];
 
 		if (n == 0) {

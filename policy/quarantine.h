@@ -45,6 +45,13 @@ int quar_prepare(const char *dir);
 int quar_sha256(const struct spool *sp, char hex[65]);
 
 /*
+ * Length of the valid UTF-8 sequence at s, within end (RFC 3629: no
+ * overlongs, no surrogates, nothing past U+10FFFF), or 0 when it is not
+ * one (or s >= end).
+ */
+size_t quar_utf8_len(const unsigned char *s, const unsigned char *end);
+
+/*
  * Stores the frozen spool's content and its metadata under a new unique id
  * (written to id_r, at most QUAR_ID_MAX bytes with its NUL). Returns 0 once
  * both files and the directory are fsynced; 1 when this process stored the
