@@ -2595,9 +2595,9 @@ static void im_on_tick(struct conn_pair *p)
 	int waiting =
 	    s->hold != IMH_NONE || (s->fifo != NULL && s->fifo->state == IMS_SCAN);
 
-	if (waiting && cfg->timeout_keepalive != 0 && s->uline != 1 &&
+	if (waiting && s->base.policy.keepalive != 0 && s->uline != 1 &&
 	    (s->fifo == NULL || s->fifo->state != IMS_SEND) &&
-	    now - s->last_out_ms >= cfg->timeout_keepalive * 1000ull) {
+	    now - s->last_out_ms >= s->base.policy.keepalive * 1000ull) {
 		im_write(s, 1, "* OK mailmoat: scanning, please wait\r\n", 38);
 		return;
 	}

@@ -408,8 +408,10 @@ static void msgjob_work(uv_work_t *req)
 	if (!job->skip_scan)
 		msgjob_scan(job);
 	job->action = policy_decide(&job->policy, &job->verdict);
-	if (job->action == POLICY_QUARANTINE && msgjob_released(job))
+	if (job->action == POLICY_QUARANTINE && msgjob_released(job)) {
 		job->action = POLICY_PASS;
+		job->released = 1;
+	}
 	if (job->action == POLICY_QUARANTINE)
 		msgjob_quarantine(job, cfg);
 	else if (job->action == POLICY_TAG)

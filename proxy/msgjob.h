@@ -55,6 +55,7 @@ struct msgjob {
 	uint64_t notice_text;  /* octets of the notice's text (after the blank line) */
 	uint64_t notice_lines; /* lines of that text (IMAP BODYSTRUCTURE) */
 	int quar_reused;       /* the same message was already in the quarantine */
+	int released; /* an administrator released this message: delivered as is */
 	int quar_failed; /* quarantine was due but the original could not be stored */
 	char quar_err[256];
 	uint64_t total_ms;

@@ -492,7 +492,8 @@ static void p3_job_done(struct session_base *sb, struct msgjob *job)
 	case POLICY_PASS:
 		/* the historical X-Mailmoat-Virus line marks a virus or a failed
 		   scan let through; the rules' findings pass as they are */
-		if (v->result == SCAN_INFECTED || v->result == SCAN_ERROR)
+		if ((v->result == SCAN_INFECTED || v->result == SCAN_ERROR) &&
+		    !job->released)
 			sl->tag_len = policy_tag_header(v, sl->tag, sizeof(sl->tag));
 		else if (m != NULL)
 			m->known = 1;

@@ -396,6 +396,30 @@ class QuarantineCli(ImapCase):
         e = {x["id"]: x for x in self.list_json()}[qid]
         self.assertIn("via smtp", e["released_by"])
 
+    def test_7b_released_message_is_delivered_afterwards(self):
+        """The daemon remembers a release: the same message downloaded
+        again through the proxy arrives as the original, not as a notice,
+        while the other malware of the mailbox is still replaced."""
+        released = {x["sha256"] for x in self.list_json("--user", "bob") if x.get("released_at")}
+        if not released:
+            self.test_7_release_smtp()
+            released = {x["sha256"] for x in self.list_json("--user", "bob")
+                        if x.get("released_at")}
+        self.assertTrue(released)
+        got = mh.fetch_all_raw(self.proxy.port, "bob", self.st["users"]["bob"]["password"])
+        delivered = notices = 0
+        for (_, direct), (_, through) in zip(self.bob_direct["RETR"], got["RETR"]):
+            sha = hashlib.sha256(mh.unstuff(direct)).hexdigest()
+            if sha in released:
+                self.assertEqual(through, direct, "a released message was not delivered as it is")
+                delivered += 1
+            elif sha in self.direct_by_sha and through != direct:
+                notices += 1
+        self.assertGreaterEqual(delivered, 1)
+        self.assertEqual(notices, self.n_bob - delivered,
+                         "the other malware must still arrive as notices")
+        self.assertIn("released before: delivered", self.proxy.log_text())
+
     def test_8_release_failures(self):
         qid = self.entry_of("grace")[0]
         bad_pw = os.path.join(self._tmp, "bad.pw")
