@@ -481,6 +481,10 @@ int server_start(struct server *srv, uv_loop_t *loop, const struct config *cfg,
 	srv->watchdog.data = srv;
 	uv_signal_init(loop, &srv->sig_hup);
 	srv->sig_hup.data = srv;
+	/* caught from the first moment: a client may see the port before
+	   start-up ends, and a stop asked for then is done once the loop runs */
+	uv_signal_start(&srv->sig_term, server_on_signal, SIGTERM);
+	uv_signal_start(&srv->sig_int, server_on_signal, SIGINT);
 	srv->cfg = config_ref(cfg);
 	uv_timer_init(loop, &srv->db_watch);
 	uv_timer_init(loop, &srv->retention);
@@ -510,8 +514,6 @@ int server_start(struct server *srv, uv_loop_t *loop, const struct config *cfg,
 	if (server_drop_privileges(cfg) < 0)
 		return -1;
 	server_open_index(srv);
-	uv_signal_start(&srv->sig_term, server_on_signal, SIGTERM);
-	uv_signal_start(&srv->sig_int, server_on_signal, SIGINT);
 	uv_signal_start(&srv->sig_hup, server_on_hup, SIGHUP);
 	srv->db_fp = srv->db_fp_seen = server_db_fingerprint(cfg->clamav_database);
 	uv_timer_start(&srv->db_watch, server_on_db_watch, DB_WATCH_MS, DB_WATCH_MS);
