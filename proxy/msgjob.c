@@ -25,6 +25,7 @@
 #include "policy/notice.h"
 #include "policy/policy.h"
 #include "proxy/log.h"
+#include "proxy/outbox.h"
 #include "proxy/server.h"
 #include "proxy/spool.h"
 #include "proxy/stats.h"
@@ -116,6 +117,7 @@ static void msgjob_quarantine(struct msgjob *job, const struct config *cfg)
 		return;
 	}
 	job->quar_reused = r == 1;
+	outbox_quarantined(job, &h); /* notice.admin_copy (not when reused) */
 	memset(&ni, 0, sizeof(ni));
 	ni.verdict = m.verdict;
 	ni.signature = what;

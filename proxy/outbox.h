@@ -34,12 +34,12 @@ struct msgjob;
 struct server;
 
 #define OUTBOX_DIR ".outbox"
-#define OUTBOX_MAX_FILES 1000          /* reports waiting at most: beyond, not written */
-#define OUTBOX_EXPIRE_S (7 * 86400)    /* not sent within a week: dropped */
-#define OUTBOX_TICK_MS 30000           /* a pass at least this often */
-#define OUTBOX_RETRY_BASE_MS 60000     /* first retry after a minute, doubling... */
-#define OUTBOX_RETRY_MAX_FACTOR 60     /* ...up to 60 times that (an hour) */
-#define OUTBOX_SEND_TIMEOUT_S 30       /* connect, and a whole message */
+#define OUTBOX_MAX_FILES 1000       /* reports waiting at most: beyond, not written */
+#define OUTBOX_EXPIRE_S (7 * 86400) /* not sent within a week: dropped */
+#define OUTBOX_TICK_MS 30000        /* a pass at least this often */
+#define OUTBOX_RETRY_BASE_MS 60000  /* first retry after a minute, doubling... */
+#define OUTBOX_RETRY_MAX_FACTOR 60  /* ...up to 60 times that (an hour) */
+#define OUTBOX_SEND_TIMEOUT_S 30    /* connect, and a whole message */
 /* test-only: the retry base in milliseconds, read once at start */
 #define OUTBOX_RETRY_ENV "MAILMOAT_OUTBOX_RETRY_MS"
 
@@ -70,8 +70,8 @@ struct outbox_report {
  */
 #define OUTBOX_FAIL (-1)
 #define OUTBOX_FAIL_RELAY (-2)
-typedef int (*outbox_send_fn)(void *arg, const char *id, int fd, uint64_t size,
-                              char *why, size_t whylen);
+typedef int (*outbox_send_fn)(void *arg, const char *id, int fd, uint64_t size, char *why,
+                              size_t whylen);
 
 /* One sending pass: inputs, then what it did. */
 struct outbox_pass {

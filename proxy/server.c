@@ -90,6 +90,12 @@ void server_scan_limits(const struct config *cfg, struct scan_limits *lim)
 	lim->max_scantime_ms = cfg->clamav_max_scantime_ms;
 	lim->mime_split_above = cfg->clamav_mime_split_above;
 	snprintf(lim->tmpdir, sizeof(lim->tmpdir), "%s", cfg->spool_dir);
+	/* a rule with its own scanner limits needs the per-scan check */
+	for (unsigned i = 0; i < cfg->n_rules; i++)
+		if (cfg->rules[i].ps.set &
+		    (PS_MAX_FILESIZE | PS_MAX_SCANSIZE | PS_MAX_RECURSION | PS_MAX_FILES |
+		     PS_MAX_SCANTIME))
+			lim->per_scan_limits = 1;
 }
 
 /*
@@ -514,6 +520,7 @@ int server_start(struct server *srv, uv_loop_t *loop, const struct config *cfg,
 	if (server_drop_privileges(cfg) < 0)
 		return -1;
 	server_open_index(srv);
+	outbox_start(srv); /* notice.admin_copy: its timer and wake-up */
 	uv_signal_start(&srv->sig_hup, server_on_hup, SIGHUP);
 	srv->db_fp = srv->db_fp_seen = server_db_fingerprint(cfg->clamav_database);
 	uv_timer_start(&srv->db_watch, server_on_db_watch, DB_WATCH_MS, DB_WATCH_MS);
@@ -544,6 +551,7 @@ void server_stop(struct server *srv)
 	uv_close((uv_handle_t *)&srv->sig_hup, NULL);
 	uv_close((uv_handle_t *)&srv->db_watch, NULL);
 	uv_close((uv_handle_t *)&srv->retention, NULL);
+	outbox_stop(srv);
 	uv_timer_init(srv->loop, &srv->grace_timer);
 	srv->grace_timer.data = srv;
 	uv_timer_start(&srv->grace_timer, server_on_grace,

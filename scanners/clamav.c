@@ -257,7 +257,8 @@ int scan_engine_load(const char *dbdir, const struct scan_limits *lim,
 	if (r == CL_SUCCESS)
 		r = cl_engine_compile(eng->cl);
 	cl_engine_set_clcb_virus_found(eng->cl, clam_on_virus);
-	cl_engine_set_clcb_file_inspection(eng->cl, clam_on_file);
+	if (lim->per_scan_limits)
+		cl_engine_set_clcb_file_inspection(eng->cl, clam_on_file);
 	if (r != CL_SUCCESS) {
 		snprintf(err, errlen, "loading %s: %s", dbdir, cl_strerror(r));
 		cl_engine_free(eng->cl);

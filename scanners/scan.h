@@ -64,6 +64,13 @@ struct scan_limits {
 	 */
 	uint64_t mime_split_above;
 	char tmpdir[1024]; /* temporary files of libclamav and the MIME split */
+	/*
+	 * 1: scans may pass stricter limits (scan_*_ex). libclamav then maps
+	 * every file it inspects whole for the callback that checks them, which
+	 * costs memory on large messages, so engines without rules that set
+	 * limits do without it (overrides are ignored then).
+	 */
+	int per_scan_limits;
 };
 
 struct scan_engine;

@@ -154,7 +154,15 @@ END_TEST
 /* A rule's stricter limits (scan_*_ex): the same engine, per scan. */
 START_TEST(test_rule_overrides)
 {
-	struct scan_engine *eng = load(0, 0); /* the engine's limits: libclamav's */
+	struct scan_limits lim;
+	struct scan_engine *eng = NULL;
+	char err[256];
+
+	/* the engine's limits: libclamav's; per-scan limits wanted */
+	memset(&lim, 0, sizeof(lim));
+	lim.per_scan_limits = 1;
+	ck_assert_int_eq(
+	    scan_engine_load(MAILMOAT_TESTSIGS_DIR, &lim, &eng, err, sizeof(err)), 0);
 	struct scan_verdict v;
 	struct scan_overrides ov;
 	int fd = make_msg(64 * 1024, NULL, 0, NULL);
