@@ -851,8 +851,7 @@ static int adm_expand_user(const char *tmpl, const char *user, char *out, size_t
 	return 0;
 }
 
-/* Reads the first line of the password file into pw. Returns 0 or -errno. */
-static int adm_read_password(const char *path, char *pw, size_t pwlen)
+int admin_read_password(const char *path, char *pw, size_t pwlen)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	size_t got = 0;
@@ -1053,7 +1052,8 @@ static int adm_cmd_release(struct adm *a)
 			rc = adm_fail(a, "out of memory");
 			goto out;
 		}
-		pr = adm_read_password(cfg->release_password_file, pw, ADM_PASSWORD_MAX);
+		pr =
+		    admin_read_password(cfg->release_password_file, pw, ADM_PASSWORD_MAX);
 		if (pr < 0) {
 			rc =
 			    adm_fail(a, "quarantine.release.password_file %s: %s",

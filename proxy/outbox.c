@@ -43,6 +43,7 @@
 #include "policy/notice.h"
 #include "policy/qindex.h"
 #include "policy/quarantine.h"
+#include "proxy/admin.h"
 #include "proxy/log.h"
 #include "proxy/msgjob.h"
 #include "proxy/server.h"
@@ -67,42 +68,10 @@
 
 /* ------------------------------------------------------------- text */
 
-/*
- * Length of the valid UTF-8 sequence at s (RFC 3629: no overlongs, no
- * surrogates, nothing past U+10FFFF), or 0 when it is not one. s is
- * NUL-terminated: a NUL fails the continuation checks before the read
- * could pass it.
- */
+/* the UTF-8 sequence at NUL-terminated s (a NUL ends any sequence) */
 static size_t ob_utf8_len(const unsigned char *s)
 {
-	unsigned char lo = 0x80, hi = 0xbf;
-	size_t n;
-
-	if (s[0] < 0x80)
-		return 1;
-	if (s[0] >= 0xc2 && s[0] <= 0xdf)
-		n = 2;
-	else if (s[0] >= 0xe0 && s[0] <= 0xef)
-		n = 3;
-	else if (s[0] >= 0xf0 && s[0] <= 0xf4)
-		n = 4;
-	else
-		return 0;
-	if (s[0] == 0xe0)
-		lo = 0xa0;
-	else if (s[0] == 0xed)
-		hi = 0x9f;
-	else if (s[0] == 0xf0)
-		lo = 0x90;
-	else if (s[0] == 0xf4)
-		hi = 0x8f;
-	if (s[1] < lo || s[1] > hi)
-		return 0;
-	for (size_t i = 2; i < n; i++) {
-		if (s[i] < 0x80 || s[i] > 0xbf)
-			return 0;
-	}
-	return n;
+	return quar_utf8_len(s, s + strnlen((const char *)s, 4));
 }
 
 /*
@@ -1000,29 +969,6 @@ out:
 	return rc;
 }
 
-/* Reads the first line of path into pw. Returns 0 or -errno (-ENODATA: empty). */
-static int ob_read_password(const char *path, char *pw, size_t pwlen)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	size_t got = 0;
-
-	if (fd < 0)
-		return -errno;
-	while (got < pwlen - 1) {
-		ssize_t n = read(fd, pw + got, pwlen - 1 - got);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		got += (size_t)n;
-	}
-	close(fd);
-	pw[got] = '\0';
-	pw[strcspn(pw, "\r\n")] = '\0';
-	return pw[0] != '\0' ? 0 : -ENODATA;
-}
-
 /* The handle for this pass. Returns 0 or -1 with s->why. */
 static int ob_smtp_setup(struct ob_smtp *s)
 {
@@ -1068,7 +1014,7 @@ static int ob_smtp_setup(struct ob_smtp *s)
 			snprintf(s->why, sizeof(s->why), "out of memory");
 			return -1;
 		}
-		r = ob_read_password(cfg->copy_password_file, s->pw, OB_PASSWORD_MAX);
+		r = admin_read_password(cfg->copy_password_file, s->pw, OB_PASSWORD_MAX);
 		if (r < 0) {
 			snprintf(s->why, sizeof(s->why),
 			         "notice.admin_copy.password_file %s: %s",

@@ -208,6 +208,13 @@ static size_t name_normalise(const char *name, char *out, unsigned *flags_r)
 			*flags_r |= NAME_INVISIBLE;
 		} else if (cp < 0x20 || cp == 0x7F) {
 			/* not allowed in Windows names: dropped */
+		} else if (cp == UINT32_MAX) {
+			/*
+			 * An invalid byte becomes a one-byte placeholder: kept as it
+			 * was, dropping a character between two such bytes could join
+			 * them into a new character (an RLO) the checks never saw.
+			 */
+			out[o++] = '?';
 		} else {
 			memcpy(out + o, s + i, l);
 			o += l;
