@@ -668,10 +668,10 @@ static const struct field metrics_fields[] = {
  * rule (T = struct cfg_rule, P = ps). Every one records that it was set.
  */
 #define P_SET(T, P, bit) .setbit = (bit), .set_off = offsetof(T, P.set)
-#define P_ACTION(k, T, P, pk)                                                          \
+#define P_ACTION(k, T, P, pk)                                                            \
 	{                                                                                \
-		.key = k, .kind = FK_ACTION, .off = offsetof(T, P.action[pk]),         \
-		P_SET(T, P, PS_ACTION0 << (pk))                                        \
+		.key = k, .kind = FK_ACTION, .off = offsetof(T, P.action[pk]),           \
+		P_SET(T, P, PS_ACTION0 << (pk))                                          \
 	}
 #define P_LIST(k, T, P, m, lk, bit)                                                      \
 	{                                                                                \
@@ -1581,8 +1581,7 @@ static void load_rules(struct load_ctx *ctx, const yaml_node_t *seq)
 }
 
 static struct notice_template *load_template(struct load_ctx *ctx, const char *dir,
-                                             const char *name, int line,
-                                             const char *what)
+                                             const char *name, int line, const char *what)
 {
 	char err[512];
 	struct notice_template *t = notice_template_open(dir, name, err, sizeof(err));
@@ -1627,7 +1626,8 @@ static void finish_policy(struct load_ctx *ctx)
 		report(ctx, 1, "notice.admin_copy needs both 'to' and 'smtp_url'");
 	if (cfg->copy_to[0] != '\0' &&
 	    (strchr(cfg->copy_to, '@') == NULL || strpbrk(cfg->copy_to, " <>\"") != NULL))
-		report(ctx, 1, "notice.admin_copy.to: '%s' is not a mail address", cfg->copy_to);
+		report(ctx, 1, "notice.admin_copy.to: '%s' is not a mail address",
+		       cfg->copy_to);
 	/* the notice templates, loaded now: a bad one is a configuration error */
 	p->tmpl = load_template(ctx, cfg->notice_templates_dir, p->notice_template, 1,
 	                        "notice.template");
@@ -1635,8 +1635,9 @@ static void finish_policy(struct load_ctx *ctx)
 		struct cfg_rule *r = &cfg->rules[i];
 
 		if (r->ps.set & PS_NOTICE_TEMPLATE)
-			r->ps.tmpl = load_template(ctx, cfg->notice_templates_dir,
-			                           r->ps.notice_template, r->line, r->name);
+			r->ps.tmpl =
+			    load_template(ctx, cfg->notice_templates_dir,
+			                  r->ps.notice_template, r->line, r->name);
 	}
 }
 

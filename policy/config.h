@@ -193,12 +193,12 @@ struct config {
 	char admin_contact[CFG_TEXT_MAX]; /* admin_contact (default "your mail
 	                                     administrator") */
 	/* notice.admin_copy: a report of each detection to an administrator */
-	char copy_to[CFG_HOST_MAX];          /* to: address ("" = off) */
-	char copy_smtp_url[CFG_PATH_MAX];    /* smtp_url: smtp[s]://relay[:port] */
-	char copy_from[CFG_HOST_MAX];        /* from: envelope and From: address */
-	char copy_user[CFG_HOST_MAX];        /* user: SMTP AUTH login ("" = none) */
-	char copy_password_file[CFG_PATH_MAX]; /* password_file: its first line */
-	char copy_ca[CFG_PATH_MAX];          /* ca: CA file ("" = system store) */
+	char copy_to[CFG_HOST_MAX];              /* to: address ("" = off) */
+	char copy_smtp_url[CFG_PATH_MAX];        /* smtp_url: smtp[s]://relay[:port] */
+	char copy_from[CFG_HOST_MAX];            /* from: envelope and From: address */
+	char copy_user[CFG_HOST_MAX];            /* user: SMTP AUTH login ("" = none) */
+	char copy_password_file[CFG_PATH_MAX];   /* password_file: its first line */
+	char copy_ca[CFG_PATH_MAX];              /* ca: CA file ("" = system store) */
 	char notice_templates_dir[CFG_PATH_MAX]; /* templates_dir: NAME.txt files
 	                                            overriding the built-in ja, en,
 	                                            ja+en ("" = built-ins only) */

@@ -63,8 +63,7 @@ void intercept_ca_unref(struct intercept_ca **ca);
  * NULL when minting failed (the reason is in the OpenSSL error queue),
  * e.g. for an upstream certificate that names no host.
  */
-X509 *intercept_leaf(struct intercept_ca *ca, X509 *upstream, int64_t now,
-                     int *cached_r);
+X509 *intercept_leaf(struct intercept_ca *ca, X509 *upstream, int64_t now, int *cached_r);
 
 /*
  * A leaf for one name, a DNS name or an IP address literal (then an IP
@@ -83,7 +82,6 @@ EVP_PKEY *intercept_leaf_key(const struct intercept_ca *ca);
 X509 *intercept_ca_cert(const struct intercept_ca *ca);
 
 /* Cache figures: leaves served from the cache, leaves minted (both kinds). */
-void intercept_stats(const struct intercept_ca *ca, uint64_t *hits_r,
-                     uint64_t *minted_r);
+void intercept_stats(const struct intercept_ca *ca, uint64_t *hits_r, uint64_t *minted_r);
 
 #endif

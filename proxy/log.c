@@ -33,7 +33,8 @@ static int log_stderr_is_journal(void)
 	if (js == NULL || sscanf(js, "%llu:%llu", &dev, &ino) != 2 ||
 	    fstat(STDERR_FILENO, &st) < 0)
 		return 0;
-	return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+	return (unsigned long long)st.st_dev == dev &&
+	       (unsigned long long)st.st_ino == ino;
 }
 
 /*
@@ -57,7 +58,7 @@ void log_set_target(const char *name)
 	if (strcmp(name, "syslog") == 0)
 		t = LOG_TO_SYSLOG;
 	else if (strcmp(name, "auto") == 0)
-		t = log_stderr_is_journal() ? LOG_TO_JOURNAL
+		t = log_stderr_is_journal()  ? LOG_TO_JOURNAL
 		    : log_stderr_discarded() ? LOG_TO_SYSLOG
 		                             : LOG_TO_STDERR;
 	if (t == LOG_TO_SYSLOG && log_target_cur != LOG_TO_SYSLOG)
@@ -106,7 +107,8 @@ void log_msg(enum log_level level, const char *sid, const char *fmt, ...)
 		clock_gettime(CLOCK_REALTIME, &ts);
 		gmtime_r(&ts.tv_sec, &tm);
 		n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-		r = snprintf(line + n, sizeof(line) - n, ".%03ldZ ", ts.tv_nsec / 1000000L);
+		r = snprintf(line + n, sizeof(line) - n, ".%03ldZ ",
+		             ts.tv_nsec / 1000000L);
 		if (r > 0)
 			n += (size_t)r;
 	}

@@ -132,11 +132,12 @@ static void main_print_policy(const struct config *cfg, const char *user)
 		struct policy_scope sc = {l->listen_host, l->listen_port, NULL, user};
 
 		if (l->upstream_port != 0) {
-			snprintf(up, sizeof(up), "%s:%u", l->upstream_host, l->upstream_port);
+			snprintf(up, sizeof(up), "%s:%u", l->upstream_host,
+			         l->upstream_port);
 			sc.upstream = up;
 		}
-		printf("\n# listeners[%u] (%s %s:%u)\n", i, cfg_protocol_name(l->protocol),
-		       l->listen_host, l->listen_port);
+		printf("\n# listeners[%u] (%s %s:%u)\n", i,
+		       cfg_protocol_name(l->protocol), l->listen_host, l->listen_port);
 		policy_print(stdout, cfg, &sc);
 	}
 }

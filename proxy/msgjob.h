@@ -40,8 +40,8 @@ struct msgjob {
 	char protocol[8];
 	char user[128];
 	char upstream[300];
-	char message[160]; /* "msg=3 uidl=..." for quarantine metadata */
-	char session[12];  /* the session's log id, for quarantine metadata */
+	char message[160];        /* "msg=3 uidl=..." for quarantine metadata */
+	char session[12];         /* the session's log id, for quarantine metadata */
 	struct policy_set policy; /* the session's policy when the job was made */
 	const struct config *cfg; /* the session's configuration (a reference) */
 
@@ -50,12 +50,12 @@ struct msgjob {
 	enum policy_action action;
 	char quar_id[QUAR_ID_MAX];
 	struct spool *subst; /* tag: the tagged copy served in the original's place */
-	char *notice; /* the substitute message when quarantined (malloc) */
+	char *notice;        /* the substitute message when quarantined (malloc) */
 	size_t notice_len;
 	uint64_t notice_text;  /* octets of the notice's text (after the blank line) */
 	uint64_t notice_lines; /* lines of that text (IMAP BODYSTRUCTURE) */
 	int quar_reused;       /* the same message was already in the quarantine */
-	int released; /* an administrator released this message: delivered as is */
+	int released;    /* an administrator released this message: delivered as is */
 	int quar_failed; /* quarantine was due but the original could not be stored */
 	char quar_err[256];
 	uint64_t total_ms;

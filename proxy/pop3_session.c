@@ -640,7 +640,8 @@ static void p3_capture_complete(struct pop3_session *s, struct p3_slot *sl)
 		    s->user_log[0] ? s->user_log : "-", sl->msgno,
 		    m != NULL && m->uidl[0] ? m->uidl : "-",
 		    (unsigned long long)cfg->spool_max_message_size,
-		    s->base.policy.action[PK_OVERSIZE] == POLICY_ABORT ? "abort" : "refuse");
+		    s->base.policy.action[PK_OVERSIZE] == POLICY_ABORT ? "abort"
+		                                                       : "refuse");
 		spool_unref(&sl->spool);
 		if (s->base.policy.action[PK_OVERSIZE] == POLICY_ABORT) {
 			sl->out = P3O_ABORT;

@@ -76,7 +76,7 @@ struct server {
 	uv_timer_t retention; /* hourly: entries past retention_days go */
 	uv_work_t purge;
 	int purging;
-	struct outbox outbox; /* notice.admin_copy reports (outbox.c) */
+	struct outbox outbox;         /* notice.admin_copy reports (outbox.c) */
 	struct ctl_listener *control; /* the control socket (control.c), or NULL */
 	struct ctl_listener *metrics; /* the metrics endpoint (metrics.c), or NULL */
 };

@@ -483,7 +483,8 @@ void stats_render_text(const struct stats_snap *s, struct stats_buf *b)
 		stats_buf_printf(b, "\nquarantine:  unavailable (%s: %s)\n", s->quar_dir,
 		                 s->quar_err);
 	if (s->have_engine)
-		stats_buf_printf(b, "database:    generation %u, version %u, %u signatures",
+		stats_buf_printf(b,
+		                 "database:    generation %u, version %u, %u signatures",
 		                 s->db_version, s->clamav_version, s->signatures);
 	else
 		stats_buf_printf(b, "database:    no engine");

@@ -102,7 +102,7 @@ struct stats_snap {
 	int have_engine;
 	unsigned db_version, signatures;
 	unsigned clamav_version; /* the databases' own version (daily.cvd) */
-	int quar_ok; /* the quarantine directory could be read */
+	int quar_ok;             /* the quarantine directory could be read */
 	uint64_t quar_entries, quar_bytes;
 	char quar_dir[1024];
 	char quar_err[128]; /* why not, when !quar_ok */

@@ -752,7 +752,7 @@ START_TEST(rules_precedence)
 	ck_assert_str_eq(ap[1]->name, "later-upstream");
 	ck_assert_int_eq(ps.action[PK_BLOCKED_ATTACHMENT], POLICY_ABORT);
 	ck_assert_int_eq(ps.action[PK_ENCRYPTED_ARCHIVE], POLICY_TAG); /* later wins */
-	ck_assert_int_eq(ps.action[PK_MALICIOUS], POLICY_QUARANTINE); /* :995 no match */
+	ck_assert_int_eq(ps.action[PK_MALICIOUS], POLICY_QUARANTINE);  /* :995 no match */
 	ck_assert_uint_eq(ps.max_message_size, 10u << 20);
 	ck_assert_uint_eq(ps.max_scantime_ms, 5000);
 	ck_assert_uint_eq(ps.keepalive, 7);
@@ -783,7 +783,8 @@ START_TEST(rules_precedence)
 	policy_resolve(l.cfg, &sc, &ps, NULL, 0, &n);
 	ck_assert_uint_eq(n, 2);
 	/* the other listener: its own rule only */
-	struct policy_scope si = {"127.0.0.1", 143, "imap.example.jp:143", "jiro@other.jp"};
+	struct policy_scope si = {"127.0.0.1", 143, "imap.example.jp:143",
+	                          "jiro@other.jp"};
 	policy_resolve(l.cfg, &si, &ps, ap, 8, &n);
 	ck_assert_uint_eq(n, 1);
 	ck_assert_str_eq(ap[0]->name, "listener-imap");
