@@ -1681,11 +1681,13 @@ int qindex_sync(struct qindex *ix, struct qindex_sync_stats *st_r, char *err,
 	return rc;
 }
 
-int qindex_add(struct qindex *ix, const char *id, char *err, size_t errlen)
+/*
+ * What changing one entry needs: a valid id, an index opened for writing,
+ * and the quarantine directory (its descriptor, or -1 with err set).
+ */
+static int ix_entry_dir(struct qindex *ix, const char *id, char *err, size_t errlen)
 {
-	struct ix_sync_stmts s;
-	char name[QINDEX_NAME_MAX];
-	int dfd, rc = -1, r, warned = 0;
+	int dfd;
 
 	if (!qindex_valid_id(id)) {
 		ix_errf(err, errlen, "not a quarantine id");
@@ -1696,11 +1698,21 @@ int qindex_add(struct qindex *ix, const char *id, char *err, size_t errlen)
 		return -1;
 	}
 	dfd = open(ix->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd < 0) {
+	if (dfd < 0)
 		ix_errf(err, errlen, "quarantine dir %s: %s", ix->dir,
 		        IX_STRERROR(errno));
+	return dfd;
+}
+
+int qindex_add(struct qindex *ix, const char *id, char *err, size_t errlen)
+{
+	struct ix_sync_stmts s;
+	char name[QINDEX_NAME_MAX];
+	int dfd, rc = -1, r, warned = 0;
+
+	dfd = ix_entry_dir(ix, id, err, errlen);
+	if (dfd < 0)
 		return -1;
-	}
 	snprintf(name, sizeof(name), "%s.eml", id);
 	pthread_mutex_lock(&ix->lock);
 	if (ix_sync_stmts_init(ix, &s, err, errlen) < 0)
@@ -1832,20 +1844,9 @@ int qindex_delete(struct qindex *ix, const char *id, char *err, size_t errlen)
 	sqlite3_stmt *st = NULL;
 	int dfd, r, rc = -1;
 
-	if (!qindex_valid_id(id)) {
-		ix_errf(err, errlen, "not a quarantine id");
+	dfd = ix_entry_dir(ix, id, err, errlen);
+	if (dfd < 0)
 		return -1;
-	}
-	if (ix->readonly) {
-		ix_errf(err, errlen, "index %s: opened read-only", ix->path);
-		return -1;
-	}
-	dfd = open(ix->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd < 0) {
-		ix_errf(err, errlen, "quarantine dir %s: %s", ix->dir,
-		        IX_STRERROR(errno));
-		return -1;
-	}
 	pthread_mutex_lock(&ix->lock);
 	r = ix_unlink_entry(dfd, id);
 	if (r < 0) {
