@@ -143,6 +143,7 @@ void config_defaults(struct config *cfg)
 		cfg->policy.action[k] = POLICY_QUARANTINE;
 	cfg->policy.double_extensions = 1;
 	cfg->policy.scan_append = 1;
+	cfg->policy.scan = 1;
 	SET_STR(cfg->policy.notice_template, "ja+en");
 	SET_STR(cfg->policy.tag_prefix, "[mailmoat]");
 
@@ -711,6 +712,7 @@ static const struct field metrics_fields[] = {
 	    P_LIST("sender_allow", T, P, sender_allow, LK_SENDER, PS_SENDER_ALLOW),      \
 	    P_LIST("sender_deny", T, P, sender_deny, LK_SENDER, PS_SENDER_DENY),         \
 	    P_BOOL("scan_append", T, P, scan_append, PS_SCAN_APPEND),                    \
+	    P_BOOL("scan", T, P, scan, PS_SCAN),                                         \
 	    P_STR("tag_prefix", T, P, tag_prefix, PS_TAG_PREFIX)
 
 static const struct field policy_fields[] = {

@@ -79,6 +79,7 @@ enum policy_set_bit {
 	PS_NOTICE_TEMPLATE = 1u << 21,
 	PS_TAG_PREFIX = 1u << 22,
 	PS_ADMIN_CONTACT = 1u << 23,
+	PS_SCAN = 1u << 24,
 };
 
 struct policy_set {
@@ -92,6 +93,7 @@ struct policy_set {
 	struct cfg_list sender_allow;       /* addresses or @domains, lower case */
 	struct cfg_list sender_deny;
 	int scan_append; /* IMAP APPEND scanned before it reaches the server */
+	int scan; /* downloaded messages content-checked (attachment rules, libclamav) */
 	unsigned keepalive;
 	char notice_template[CFG_PATH_MAX]; /* a shipped name (ja, en, ja+en) or a path */
 	struct notice_template *tmpl;       /* notice_template loaded (the config's) */

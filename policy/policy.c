@@ -111,6 +111,7 @@ static void policy_overlay(struct policy_set *out, const struct policy_set *r)
 	OVERLAY(PS_SENDER_ALLOW, sender_allow);
 	OVERLAY(PS_SENDER_DENY, sender_deny);
 	OVERLAY(PS_SCAN_APPEND, scan_append);
+	OVERLAY(PS_SCAN, scan);
 	OVERLAY(PS_KEEPALIVE, keepalive);
 #undef OVERLAY
 	if (m & PS_NOTICE_TEMPLATE)
@@ -262,6 +263,7 @@ void policy_print(FILE *out, const struct config *cfg, const struct policy_scope
 	        ps.double_extensions ? "true" : "false");
 	print_list(out, "sender_allow", &ps.sender_allow);
 	print_list(out, "sender_deny", &ps.sender_deny);
+	fprintf(out, "  scan: %s\n", ps.scan ? "true" : "false");
 	fprintf(out, "  scan_append: %s\n", ps.scan_append ? "true" : "false");
 	fprintf(out, "  keepalive: %u\n", ps.keepalive);
 	fprintf(out, "  notice_template: %s\n", ps.notice_template);

@@ -262,6 +262,11 @@ static void msgjob_scan(struct msgjob *job)
 		                    sender);
 	else if (sender[0] != '\0' && policy_sender_listed(&ps->sender_allow, sender))
 		allowed = 1;
+	if (!ps->scan) {
+		/* scan: false - the size limit and the sender lists only */
+		job->verdict = rule;
+		return;
+	}
 	if (rule.result == SCAN_CLEAN && !allowed) {
 		struct attach_rules ar;
 		struct attach_finding f;

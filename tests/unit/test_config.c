@@ -719,6 +719,7 @@ static const char rules_yaml[] =
     "  - name: listener-imap\n" /* rank 1 */
     "    match: {listener: '127.0.0.1:143'}\n"
     "    scan_append: false\n"
+    "    scan: false\n"
     "  - name: upstream-port\n" /* rank 2, another port */
     "    match: {upstream: 'pop.example.jp:995'}\n"
     "    on_malicious: pass\n"
@@ -789,6 +790,7 @@ START_TEST(rules_precedence)
 	ck_assert_uint_eq(n, 1);
 	ck_assert_str_eq(ap[0]->name, "listener-imap");
 	ck_assert_int_eq(ps.scan_append, 0);
+	ck_assert_int_eq(ps.scan, 0);
 	ck_assert_int_eq(ps.action[PK_BLOCKED_ATTACHMENT], POLICY_QUARANTINE);
 	loaded_free(&l);
 }
@@ -829,6 +831,7 @@ START_TEST(policy_defaults)
 	ck_assert_uint_ge(l.cfg->policy.blocked_extensions.n, 20);
 	ck_assert_uint_ge(l.cfg->policy.blocked_mime_types.n, 3);
 	ck_assert_int_eq(l.cfg->policy.scan_append, 1);
+	ck_assert_int_eq(l.cfg->policy.scan, 1);
 	ck_assert_int_eq(l.cfg->policy.double_extensions, 1);
 	ck_assert_str_eq(l.cfg->policy.notice_template, "ja+en");
 	ck_assert_uint_eq(l.cfg->policy.max_message_size, 512u << 20);
