@@ -231,6 +231,8 @@ struct config {
 	unsigned max_sessions; /* limits.max_sessions (default 500) */
 	unsigned
 	    readahead; /* limits.readahead: captured messages held at once (default 2) */
+	unsigned prefetch; /* limits.prefetch: POP3 messages fetched and scanned before
+	                     the client asks (default 2, 0 = off) */
 
 	/* process */
 	char run_as[CFG_HOST_MAX]; /* user: drop privileges to it after binding */

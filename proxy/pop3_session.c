@@ -18,6 +18,16 @@
  *     RFC 1939 requires), the notice in its place, an -ERR, or a closed
  *     connection (policy "abort").
  *
+ * Prefetch (limits.prefetch, latency hiding): once the client RETRs message
+ * k, the proxy sends its own RETR for the next messages (k+1...) that the
+ * client has neither retrieved nor deleted, when the server announced
+ * PIPELINING, so they are received and scanned while the client still
+ * reads k. Such a slot is "spec": it sits in the queue for the order of
+ * upstream answers but sends nothing to the client; once its verdict is
+ * in, it is handed to the client's RETR of that message (a slot waiting
+ * for it) or kept until the client asks, and dropped when the client moves
+ * past it. Nothing is ever deleted ahead of the client.
+ *
  * Slot states: WAIT (upstream response not started) -> RECV -> SCAN ->
  * READY -> SEND -> freed. Nothing half-received is ever sent as complete:
  * a message is only sent after its terminator arrived.
@@ -90,6 +100,9 @@ struct p3_msg {
 	int uidl_asked;       /* the proxy sent its own UIDL n */
 	struct spool *notice; /* known == 2: the substitute served */
 	char quar_id[QUAR_ID_MAX];
+	int retrieved;        /* the client sent RETR for it */
+	int deleted;          /* the client sent DELE for it (until RSET) */
+	struct p3_slot *spec; /* a prefetch of it: queued, or kept (retired) */
 };
 
 struct p3_slot {
@@ -99,12 +112,18 @@ struct p3_slot {
 	enum p3_state state;
 	unsigned long msgno; /* RETR / TOP / LIST n / UIDL n argument, 0 if none */
 	unsigned long top_lines;
-	int listing;       /* P3K_MULTI: 1 LIST, 2 UIDL, 0 other */
-	int upstream_retr; /* a TOP that was sent upstream as RETR */
-	int discard;       /* known quarantined: the captured copy is not needed */
-	int close_after;   /* close the client once this slot is sent */
-	int starttls;      /* the client's STLS: TLS starts once this is sent */
-	const char *login; /* PASS / APOP: log the outcome under this method */
+	int listing;            /* P3K_MULTI: 1 LIST, 2 UIDL, 0 other */
+	int upstream_retr;      /* a TOP that was sent upstream as RETR */
+	int discard;            /* known quarantined: the captured copy is not needed */
+	int close_after;        /* close the client once this slot is sent */
+	int starttls;           /* the client's STLS: TLS starts once this is sent */
+	const char *login;      /* PASS / APOP: log the outcome under this method */
+	int stat;               /* STAT: "+OK n size" tells the message count */
+	int internal;           /* the proxy's own CAPA: recorded, never relayed */
+	int spec;               /* a prefetch: never sent to the client itself */
+	int retired;            /* spec, out of the queue, kept in msgs[].spec */
+	struct p3_slot *waiter; /* spec: the client's RETR waiting for it */
+	int claim;              /* a client RETR served from a prefetch */
 
 	/* capture */
 	struct spool *spool;
@@ -161,6 +180,13 @@ struct pop3_session {
 
 	struct p3_msg *msgs; /* indexed by message number */
 	unsigned long nmsgs;
+	unsigned long maxmsg; /* message count (STAT, listings), 0 = unknown */
+	int pipelining;       /* upstream CAPA: 1 PIPELINING, -1 not, 0 unknown */
+	int capa_probed;      /* the proxy sent its own CAPA */
+	int quit_sent;        /* the client's QUIT went upstream: nothing after it */
+	unsigned nspec;       /* prefetches alive (queued or kept) */
+	struct p3_slot *kept; /* prefetches with an answer the client has not asked for */
+	unsigned long last_retr; /* the client's latest RETR */
 
 	char user[128];     /* the login name as sent (for quarantine metadata) */
 	char user_log[200]; /* the same, escaped for unquoted use in log lines */
@@ -201,6 +227,12 @@ static void p3_on_freed(struct conn_pair *p)
 {
 	struct pop3_session *s = p3_of(p);
 
+	while (s->kept != NULL) {
+		struct p3_slot *sl = s->kept;
+
+		s->kept = sl->next;
+		p3_free_slot(sl);
+	}
 	while (s->head != NULL) {
 		struct p3_slot *sl = s->head;
 
@@ -310,6 +342,8 @@ static void p3_record_listing(struct pop3_session *s, int listing, const char *l
 	n = strtoul(tmp, &end, 10);
 	if (end == tmp || *end != ' ' || (m = p3_msg(s, n)) == NULL)
 		return;
+	if (n > s->maxmsg)
+		s->maxmsg = n;
 	while (*end == ' ')
 		end++;
 	if (listing == 1) {
@@ -359,17 +393,39 @@ static struct p3_slot *p3_slot_add(struct pop3_session *s, enum p3_kind kind)
 	return sl;
 }
 
-static void p3_slot_pop_head(struct pop3_session *s)
+/* Takes sl out of the queue (not freed). */
+static void p3_slot_unlink(struct pop3_session *s, struct p3_slot *sl)
+{
+	struct p3_slot *prev = NULL;
+
+	for (struct p3_slot *x = s->head; x != NULL && x != sl; x = x->next)
+		prev = x;
+	if (prev != NULL)
+		prev->next = sl->next;
+	else
+		s->head = sl->next;
+	if (s->tail == sl)
+		s->tail = prev;
+	if (s->ucur == sl)
+		s->ucur = NULL;
+	sl->next = NULL;
+	s->nslots--;
+}
+
+static void p3_slot_remove(struct pop3_session *s, struct p3_slot *sl)
+{
+	p3_slot_unlink(s, sl);
+	p3_free_slot(sl);
+}
+
+/* The first slot whose answer the client sees (prefetches send nothing). */
+static struct p3_slot *p3_first_visible(struct pop3_session *s)
 {
 	struct p3_slot *sl = s->head;
 
-	s->head = sl->next;
-	if (s->tail == sl)
-		s->tail = NULL;
-	if (s->ucur == sl)
-		s->ucur = NULL;
-	s->nslots--;
-	p3_free_slot(sl);
+	while (sl != NULL && sl->spec)
+		sl = sl->next;
+	return sl;
 }
 
 /* Moves the upstream cursor to the next slot that expects an upstream answer. */
@@ -399,7 +455,7 @@ static unsigned p3_held(struct pop3_session *s)
 	unsigned n = 0;
 
 	for (struct p3_slot *sl = s->head; sl != NULL && sl != s->ucur; sl = sl->next)
-		if ((sl->kind == P3K_RETR || sl->kind == P3K_TOP) &&
+		if ((sl->kind == P3K_RETR || sl->kind == P3K_TOP) && !sl->spec &&
 		    sl->state >= P3S_SCAN)
 			n++;
 	return n;
@@ -477,16 +533,17 @@ static void p3_job_done(struct session_base *sb, struct msgjob *job)
 	m = p3_msg(s, sl->msgno);
 	log_escape(sig, sizeof(sig), v->result == SCAN_ERROR ? v->error : v->signature,
 	           strlen(v->result == SCAN_ERROR ? v->error : v->signature));
-	log_msg(
-	    LOG_LVL_INFO, s->base.sid,
-	    "pop3 user=%s msg=%lu uidl=%s size=%llu verdict=%s signature=\"%s\" "
-	    "action=%s id=%s%s scan_ms=%llu",
-	    s->user_log[0] ? s->user_log : "-", sl->msgno,
-	    m != NULL && m->uidl[0] ? m->uidl : "-",
-	    (unsigned long long)spool_size(sl->spool), scan_result_name(v->result), sig,
-	    v->result == SCAN_CLEAN ? "deliver" : policy_action_name(job->action),
-	    job->quar_id[0] ? job->quar_id : "-",
-	    job->quar_reused ? " stored=existing" : "", (unsigned long long)v->scan_ms);
+	log_msg(LOG_LVL_INFO, s->base.sid,
+	        "pop3 user=%s msg=%lu uidl=%s size=%llu verdict=%s signature=\"%s\" "
+	        "action=%s id=%s%s%s scan_ms=%llu",
+	        s->user_log[0] ? s->user_log : "-", sl->msgno,
+	        m != NULL && m->uidl[0] ? m->uidl : "-",
+	        (unsigned long long)spool_size(sl->spool), scan_result_name(v->result),
+	        sig,
+	        v->result == SCAN_CLEAN ? "deliver" : policy_action_name(job->action),
+	        job->quar_id[0] ? job->quar_id : "-",
+	        job->quar_reused ? " stored=existing" : "", sl->spec ? " prefetch=1" : "",
+	        (unsigned long long)v->scan_ms);
 
 	switch (job->action) {
 	case POLICY_PASS:
@@ -595,11 +652,17 @@ static void p3_capture_complete(struct pop3_session *s, struct p3_slot *sl)
 			p3_set_line(sl, "-ERR [SYS/TEMP] mailmoat: out of memory\r\n");
 			return;
 		}
+		s->pipelining = -1;
 		while (i < (size_t)n) {
 			char *nl = memchr(buf + i, '\n', (size_t)n - i);
 			size_t ll =
 			    nl != NULL ? (size_t)(nl - (buf + i)) + 1 : (size_t)n - i;
 
+			/* RFC 2449 section 6.6 */
+			if (ll >= 10 && strncasecmp(buf + i, "PIPELINING", 10) == 0 &&
+			    (ll == 10 || buf[i + 10] == '\r' || buf[i + 10] == '\n' ||
+			     buf[i + 10] == ' '))
+				s->pipelining = 1;
 			if (!(ll >= 4 && strncasecmp(buf + i, "STLS", 4) == 0 &&
 			      (ll == 4 || buf[i + 4] == '\r' || buf[i + 4] == '\n' ||
 			       buf[i + 4] == ' ')))
@@ -611,6 +674,12 @@ static void p3_capture_complete(struct pop3_session *s, struct p3_slot *sl)
 		spool_freeze(f);
 		spool_unref(&sl->spool);
 		sl->spool = f;
+		if (sl->internal) {
+			spool_unref(&sl->spool);
+			sl->out = P3O_NONE;
+			sl->state = P3S_READY;
+			return;
+		}
 		p3_serve_original(sl);
 		return;
 	}
@@ -687,6 +756,7 @@ static void p3_capture_complete(struct pop3_session *s, struct p3_slot *sl)
 static void p3_upstream_failed(struct pop3_session *s, const char *why)
 {
 	struct p3_slot *sl = s->ucur;
+	int told = 0;
 
 	if (s->c.up_state == CONN_UP_GONE)
 		return;
@@ -695,18 +765,38 @@ static void p3_upstream_failed(struct pop3_session *s, const char *why)
 	log_msg(s->close_after_flush && s->ucur == NULL ? LOG_LVL_DEBUG : LOG_LVL_WARN,
 	        s->base.sid, "pop3 upstream=%s lost: %s pending=%u", s->c.upstream_name,
 	        why, s->nslots);
-	if (sl == NULL) {
-		/* answers still queued or being written go out first */
-		s->close_after_flush = 1;
-		return;
-	}
-	if (sl == s->head && sl->state == P3S_RECV && !p3_is_capture(sl->kind)) {
+	if (sl != NULL && sl == p3_first_visible(s) && sl->state == P3S_RECV &&
+	    !p3_is_capture(sl->kind)) {
 		p3_close(s, "upstream lost mid-response");
 		return;
 	}
-	spool_unref(&sl->spool);
-	p3_set_line(sl, "-ERR [SYS/TEMP] mailmoat: upstream connection lost\r\n");
-	sl->close_after = 1;
+	/*
+	 * No answer from here on will come: every one the client waits for
+	 * becomes the error (a prefetch's goes to the client's RETR waiting on
+	 * it), and the client is closed after the first; the proxy's own
+	 * commands and prefetches nobody asked for yet are dropped.
+	 */
+	for (; sl != NULL; sl = sl->next) {
+		struct p3_slot *target = sl;
+
+		if (sl->kind == P3K_LOCAL)
+			continue;
+		spool_unref(&sl->spool);
+		if (sl->kind == P3K_PROBE || sl->internal || sl->spec) {
+			sl->out = P3O_NONE;
+			sl->state = P3S_READY;
+			target = sl->waiter;
+			sl->waiter = NULL;
+			if (target == NULL)
+				continue;
+		}
+		p3_set_line(target,
+		            "-ERR [SYS/TEMP] mailmoat: upstream connection lost\r\n");
+		target->close_after = 1;
+		told = 1;
+	}
+	if (!told)
+		s->close_after_flush = 1; /* answers queued or being written go first */
 	s->ucur = NULL;
 }
 
@@ -763,6 +853,24 @@ static void p3_passthrough_status(struct pop3_session *s, struct p3_slot *sl,
 	           ev->len > 4) {
 		/* "+OK n size" / "+OK n uid" answers to LIST n / UIDL n */
 		p3_record_listing(s, sl->listing, ev->data + 4, ev->len - 4);
+	} else if (sl->stat && ev->status == POP3_ST_OK && ev->len > 4) {
+		/* "+OK nn mm" (RFC 1939 section 5) */
+		char *end;
+		unsigned long n = strtoul(ev->data + 4, &end, 10);
+
+		if (end != ev->data + 4 && *end == ' ')
+			s->maxmsg = n;
+	}
+	if (s->authed && !s->capa_probed && s->pipelining == 0 && !s->quit_sent &&
+	    p3_cfg(s)->prefetch > 0 && ev->status == POP3_ST_OK) {
+		/* Prefetching pipelines: learn whether the server allows it. */
+		struct p3_slot *probe = p3_slot_add(s, P3K_CAPA);
+
+		s->capa_probed = 1;
+		if (probe != NULL) {
+			probe->internal = 1;
+			p3_write(s, 0, "CAPA\r\n", 6);
+		}
 	}
 }
 
@@ -785,9 +893,9 @@ static int p3_upstream_input(struct pop3_session *s)
 		int r;
 
 		if (p3_is_relayed(sl->kind)) {
-			if (sl != s->head || s->c.client.wq >= P3_WQ_HIGH)
+			if (sl != p3_first_visible(s) || s->c.client.wq >= P3_WQ_HIGH)
 				break;
-		} else if (sl->state == P3S_WAIT && sl != s->head &&
+		} else if (sl->state == P3S_WAIT && !sl->spec && sl != s->head &&
 		           p3_held(s) >= p3_cfg(s)->readahead) {
 			break;
 		}
@@ -826,7 +934,9 @@ static int p3_upstream_input(struct pop3_session *s)
 					spool_unref(&sl->spool);
 					memcpy(sl->out_status, ev.data, ev.len);
 					sl->out_status_len = ev.len;
-					sl->out = P3O_LINE;
+					sl->out = sl->internal ? P3O_NONE : P3O_LINE;
+					if (sl->internal)
+						s->pipelining = -1;
 					sl->state = P3S_READY;
 					p3_ucur_advance(s);
 				}
@@ -860,7 +970,7 @@ static int p3_upstream_input(struct pop3_session *s)
 					s->close_after_flush = s->quit = 1;
 				if (!ev.multiline) {
 					p3_ucur_advance(s);
-					p3_slot_pop_head(s);
+					p3_slot_remove(s, sl);
 				}
 			}
 			break;
@@ -886,7 +996,7 @@ static int p3_upstream_input(struct pop3_session *s)
 				p3_capture_complete(s, sl);
 			} else {
 				p3_ucur_advance(s);
-				p3_slot_pop_head(s);
+				p3_slot_remove(s, sl);
 			}
 			break;
 		default:
@@ -1005,14 +1115,141 @@ static int p3_send_slot(struct pop3_session *s, struct p3_slot *sl)
 	return 0;
 }
 
+/* ------------------------------------------------------------------ */
+/* prefetch                                                            */
+
+/* Moves a finished prefetch's answer into the client's slot dst. */
+static void p3_move_output(struct p3_slot *dst, struct p3_slot *src)
+{
+	dst->out = src->out;
+	dst->out_spool = src->out_spool;
+	src->out_spool = NULL;
+	memcpy(dst->out_status, src->out_status, src->out_status_len);
+	dst->out_status_len = src->out_status_len;
+	memcpy(dst->tag, src->tag, src->tag_len);
+	dst->tag_len = src->tag_len;
+	dst->out_crlf = src->out_crlf;
+	dst->close_after |= src->close_after;
+	dst->state = P3S_READY;
+}
+
+/* Frees a prefetch that is out of the queue. */
+static void p3_spec_free(struct pop3_session *s, struct p3_slot *sl)
+{
+	struct p3_msg *m = p3_msg(s, sl->msgno);
+
+	if (m != NULL && m->spec == sl)
+		m->spec = NULL;
+	if (sl->retired) {
+		struct p3_slot **pp = &s->kept;
+
+		while (*pp != NULL && *pp != sl)
+			pp = &(*pp)->next;
+		if (*pp == sl)
+			*pp = sl->next;
+	}
+	s->nspec--;
+	p3_free_slot(sl);
+}
+
+/*
+ * A prefetch has its answer: out of the queue, to the client's RETR waiting
+ * for it, or kept until the client asks. Errors are not kept: the client's
+ * own RETR then asks the server again.
+ */
+static void p3_spec_retire(struct pop3_session *s, struct p3_slot *sl)
+{
+	p3_slot_unlink(s, sl);
+	if (sl->waiter != NULL) {
+		p3_move_output(sl->waiter, sl);
+		p3_spec_free(s, sl);
+	} else if ((sl->out == P3O_SPOOL || sl->out == P3O_ABORT) &&
+	           sl->msgno > s->last_retr) {
+		sl->retired = 1;
+		sl->next = s->kept;
+		s->kept = sl;
+	} else {
+		p3_spec_free(s, sl);
+	}
+}
+
+/* Drops kept prefetches the client has moved past (or deleted). */
+static void p3_spec_prune(struct pop3_session *s)
+{
+	struct p3_slot *sl = s->kept, *next;
+
+	for (; sl != NULL; sl = next) {
+		struct p3_msg *m = p3_msg(s, sl->msgno);
+
+		next = sl->next;
+		if (sl->msgno <= s->last_retr || m == NULL || m->deleted)
+			p3_spec_free(s, sl);
+	}
+}
+
+/*
+ * After the client's RETR of message k: fetch the next messages it has
+ * not retrieved or deleted, up to limits.prefetch of them, when the
+ * server pipelines (RFC 2449 section 6.6) and the message count is known.
+ */
+static void p3_prefetch(struct pop3_session *s, unsigned long k)
+{
+	const struct config *cfg = p3_cfg(s);
+
+	if (cfg->prefetch == 0 || !s->authed || s->pipelining != 1 || s->closing ||
+	    s->quit_sent || s->c.up_state != CONN_UP_CONNECTED || s->close_after_flush)
+		return;
+	for (unsigned long j = k + 1;
+	     j <= k + cfg->prefetch && j <= s->maxmsg && s->nspec < cfg->prefetch; j++) {
+		struct p3_msg *m = p3_msg(s, j);
+		struct p3_slot *sl;
+		char line[40];
+		int ll;
+
+		if (m == NULL || m->spec != NULL || m->retrieved || m->deleted ||
+		    m->known != 0 || m->list_size > cfg->spool_max_message_size)
+			continue;
+		if (m->uidl[0] == '\0' && !m->uidl_asked) {
+			struct p3_slot *probe = p3_slot_add(s, P3K_PROBE);
+
+			if (probe == NULL)
+				return;
+			m->uidl_asked = 1;
+			ll = snprintf(line, sizeof(line), "UIDL %lu\r\n", j);
+			p3_write(s, 0, line, (size_t)ll);
+		}
+		sl = p3_slot_add(s, P3K_RETR);
+		if (sl == NULL)
+			return;
+		sl->spec = 1;
+		sl->msgno = j;
+		m->spec = sl;
+		s->nspec++;
+		ll = snprintf(line, sizeof(line), "RETR %lu\r\n", j);
+		if (p3_write(s, 0, line, (size_t)ll) < 0)
+			return;
+	}
+}
+
 /* Sends ready answers at the head of the queue, in order. Returns progress. */
 static int p3_flush(struct pop3_session *s)
 {
 	int progress = 0;
 
 	while (s->head != NULL && !s->closing && !s->close_after_flush) {
-		struct p3_slot *sl = s->head;
+		struct p3_slot *sl = s->head, *next;
 
+		/* prefetches with an answer leave the queue wherever they are */
+		for (; sl != NULL; sl = next) {
+			next = sl->next;
+			if (sl->spec && sl->state == P3S_READY) {
+				p3_spec_retire(s, sl);
+				progress = 1;
+			}
+		}
+		sl = p3_first_visible(s);
+		if (sl == NULL)
+			break;
 		if (sl->state != P3S_READY && sl->state != P3S_SEND)
 			break;
 		if (sl->out == P3O_ABORT) {
@@ -1032,7 +1269,7 @@ static int p3_flush(struct pop3_session *s)
 			s->tls_go_client = 1;
 		if (sl->close_after || sl->kind == P3K_QUIT)
 			s->close_after_flush = 1;
-		p3_slot_pop_head(s);
+		p3_slot_remove(s, sl);
 	}
 	return progress;
 }
@@ -1183,6 +1420,7 @@ static void p3_command(struct pop3_session *s, const struct pop3_cmd *cmd)
 			                   cmd->args_len - (size_t)(sp + 1 - cmd->args));
 	} else if (strcmp(v, "QUIT") == 0) {
 		kind = P3K_QUIT;
+		s->quit_sent = 1;
 	} else if (strcmp(v, "STLS") == 0) {
 		kind = P3K_LOCAL;
 	} else if (strcmp(v, "USER") == 0) {
@@ -1197,6 +1435,48 @@ static void p3_command(struct pop3_session *s, const struct pop3_cmd *cmd)
 		            sp != NULL ? (size_t)(sp - cmd->args) : cmd->args_len);
 	}
 
+	if (kind == P3K_RETR && s->authed && nargs == 1) {
+		struct p3_msg *m = p3_msg(s, n1);
+
+		if (m != NULL) {
+			m->retrieved = 1;
+			s->last_retr = n1;
+		}
+		if (m != NULL && m->spec != NULL) {
+			/* fetched ahead: served from the prefetch, nothing sent */
+			struct p3_slot *spec = m->spec;
+
+			sl = p3_slot_add(s, P3K_LOCAL);
+			if (sl == NULL)
+				return;
+			sl->msgno = n1;
+			sl->claim = 1;
+			log_msg(LOG_LVL_DEBUG, s->base.sid,
+			        "pop3 msg=%lu served from prefetch (%s)", n1,
+			        spec->retired ? "ready" : "in progress");
+			if (spec->retired) {
+				p3_move_output(sl, spec);
+				p3_spec_free(s, spec);
+			} else {
+				spec->waiter = sl;
+			}
+			p3_spec_prune(s);
+			p3_prefetch(s, n1);
+			return;
+		}
+		p3_spec_prune(s);
+	}
+	if (s->authed && nargs == 1 && strcmp(v, "DELE") == 0) {
+		struct p3_msg *m = p3_msg(s, n1);
+
+		if (m != NULL) {
+			m->deleted = 1;
+			p3_spec_prune(s);
+		}
+	} else if (s->authed && strcmp(v, "RSET") == 0) {
+		for (unsigned long i = 0; i < s->nmsgs; i++)
+			s->msgs[i].deleted = 0;
+	}
 	if ((kind == P3K_RETR || kind == P3K_TOP) && s->authed && nargs >= 1) {
 		struct p3_msg *m = p3_msg(s, n1);
 
@@ -1220,6 +1500,7 @@ static void p3_command(struct pop3_session *s, const struct pop3_cmd *cmd)
 		return;
 	sl->listing = listing;
 	sl->login = login;
+	sl->stat = strcmp(v, "STAT") == 0 && cmd->args_len == 0;
 	if (kind == P3K_RETR || kind == P3K_TOP)
 		sl->msgno = nargs == 1 || (kind == P3K_TOP && nargs == 2) ? n1 : 0;
 	if (kind == P3K_TOP) {
@@ -1242,8 +1523,9 @@ static void p3_command(struct pop3_session *s, const struct pop3_cmd *cmd)
 		int ll = snprintf(line, sizeof(line), "RETR %lu\r\n", n1);
 
 		p3_write(s, 0, line, (size_t)ll);
-	} else {
-		p3_write(s, 0, cmd->line, cmd->line_len);
+	} else if (p3_write(s, 0, cmd->line, cmd->line_len) == 0 && kind == P3K_RETR &&
+	           s->authed && nargs == 1) {
+		p3_prefetch(s, n1);
 	}
 }
 

@@ -128,6 +128,7 @@ static const char full_example[] =
     "limits:\n"
     "  max_sessions: 500\n"
     "  readahead: 2\n"
+    "  prefetch: 3\n"
     "user: mailmoat                # optional\n"
     "log_level: info               # error | warn | info | debug\n";
 
@@ -173,6 +174,7 @@ START_TEST(full_example_loads)
 	ck_assert_uint_eq(c->timeout_keepalive, 10);
 	ck_assert_uint_eq(c->max_sessions, 500);
 	ck_assert_uint_eq(c->readahead, 2);
+	ck_assert_uint_eq(c->prefetch, 3);
 	ck_assert_str_eq(c->run_as, "mailmoat");
 	ck_assert_str_eq(c->log_level, "info");
 	loaded_free(&l);
@@ -257,6 +259,7 @@ START_TEST(minimal_gets_defaults)
 	ck_assert_uint_eq(c->timeout_keepalive, 10);
 	ck_assert_uint_eq(c->max_sessions, 500);
 	ck_assert_uint_eq(c->readahead, 2);
+	ck_assert_uint_eq(c->prefetch, 2);
 	ck_assert_str_eq(c->run_as, "");
 	ck_assert_str_eq(c->log_level, "info");
 	loaded_free(&l);
