@@ -283,12 +283,13 @@ static int stem_is_decoy(const char *name, size_t stem)
 }
 
 /*
- * Copies src into dst[cap], keeping its end when it does not fit (the
- * extension is what matters): "head...tail", cut on UTF-8 boundaries.
+ * Copies src (n bytes, then a NUL) into dst[cap], keeping its end when it
+ * does not fit (the extension is what matters): "head...tail", cut on UTF-8
+ * boundaries.
  */
-static void copy_name(char *dst, size_t cap, const char *src)
+static void copy_name(char *dst, size_t cap, const char *src, size_t n)
 {
-	size_t n = strlen(src), head, tail;
+	size_t head, tail;
 
 	if (n < cap) {
 		memcpy(dst, src, n + 1);
@@ -339,14 +340,14 @@ enum attach_res attach_check_name(const char *name, const struct attach_rules *r
 	           stem_is_decoy(norm, n - strlen(ext) - 1)) {
 		char shown[sizeof(reason) - 17];
 
-		copy_name(shown, sizeof(shown), norm);
+		copy_name(shown, sizeof(shown), norm, n);
 		snprintf(reason, sizeof(reason), "double extension %s", shown);
 	} else if (ext != NULL) {
 		snprintf(reason, sizeof(reason), "extension .%.100s",
 		         norm + n - strlen(ext));
 	}
 	if (reason[0] != '\0' && f_r != NULL) {
-		copy_name(f_r->filename, sizeof(f_r->filename), norm);
+		copy_name(f_r->filename, sizeof(f_r->filename), norm, n);
 		memcpy(f_r->reason, reason, sizeof(reason));
 	}
 	if (norm != stackbuf)
@@ -431,6 +432,9 @@ struct attach_stream {
 	unsigned path[DEPTH_CAP + 4];
 	size_t pathlen;
 
+	/* body parts begun in the whole message (the root's count, shared) */
+	unsigned long parts_own, *parts;
+
 	/* an encoded message/rfc822 body: decoded into a nested stream */
 	struct attach_stream *child;
 	GMimeEncoding dec;
@@ -468,6 +472,7 @@ static struct attach_stream *stream_new(const struct attach_rules *r, unsigned d
 	if (pathlen > 0)
 		memcpy(s->path, path, pathlen * sizeof(*path));
 	s->pathlen = pathlen;
+	s->parts = &s->parts_own;
 	return s;
 }
 
@@ -728,10 +733,12 @@ static void finish_headers(struct attach_stream *s)
 			/* not allowed by RFC 2046 5.2.1, yet clients decode it */
 			s->child =
 			    stream_new(s->r, s->ent_depth + 1, s->path, s->pathlen);
-			if (s->child == NULL)
+			if (s->child == NULL) {
 				set_error(s, "out of memory");
-			else
+			} else {
+				s->child->parts = s->parts;
 				g_mime_encoding_init_decode(&s->dec, s->cte);
+			}
 		} else {
 			/* the body is the nested message's header block */
 			s->st = ST_HEADER;
@@ -763,6 +770,10 @@ static void on_boundary(struct attach_stream *s, unsigned k, int close)
 		free(fr->boundary);
 		s->nframes = k;
 		s->st = ST_BODY; /* the epilogue */
+		return;
+	}
+	if (++*s->parts > s->r->max_parts && s->r->max_parts != 0) {
+		set_error(s, "more than %lu MIME parts", s->r->max_parts);
 		return;
 	}
 	s->pathlen = fr->plen;
@@ -898,7 +909,7 @@ static void line_byte(struct attach_stream *s, char c)
 				return;
 			}
 			/* Security: a NUL must not end the value early for GMime */
-			s->field[s->flen++] = c == '\0' ? ' ' : c;
+			s->field[s->flen++] = (char)(c == '\0' ? ' ' : c);
 		}
 		if (s->lnotb && !s->hname && s->hf == HF_NONE)
 			s->lskip = 1;
@@ -969,6 +980,7 @@ enum attach_res attach_check_buffer(const void *data, size_t len,
 	}
 	attach_stream_feed(s, data, len);
 	res = attach_stream_finish(s, f_r);
+	f_r->parts = s->parts_own;
 	attach_stream_free(&s);
 	return res;
 }
@@ -1008,6 +1020,7 @@ enum attach_res attach_check_fd(int fd, const struct attach_rules *r,
 	}
 	if (res == ATTACH_PASS)
 		res = attach_stream_finish(s, f_r);
+	f_r->parts = s->parts_own;
 	attach_stream_free(&s);
 	free(buf);
 	return res;

@@ -65,6 +65,11 @@ struct attach_rules {
 	int bidi_controls;
 	/* Deepest multipart / message/rfc822 nesting followed; 0 = ATTACH_MAX_DEPTH. */
 	unsigned max_depth;
+	/*
+	 * More body parts than this in the whole message (nested messages
+	 * included) is ATTACH_ERROR "more than N MIME parts"; 0 = no limit.
+	 */
+	unsigned long max_parts;
 };
 
 struct attach_finding {
@@ -87,6 +92,8 @@ struct attach_finding {
 	 * ATTACH_ERROR, what went wrong.
 	 */
 	char reason[160];
+	/* body parts seen (the count stops past max_parts) */
+	unsigned long parts;
 };
 
 /* The shipped defaults (see attach.c for why each is there). */

@@ -135,6 +135,42 @@ static void setup(void)
 
 /* ---- names ---- */
 
+/* max_parts counts body parts across nesting, encoded nested messages too. */
+START_TEST(test_max_parts)
+{
+	/* 2 parts, the second a base64 message/rfc822 holding 3 more */
+	char *inner =
+	    g_strdup_printf(HDR "Content-Type: multipart/mixed; boundary=in\r\n\r\n"
+	                        "--in\r\n\r\na\r\n--in\r\n\r\nb\r\n--in\r\n\r\nc\r\n"
+	                        "--in--\r\n");
+	char *enc = g_base64_encode((const unsigned char *)inner, strlen(inner));
+	char *m =
+	    g_strdup_printf(HDR "Content-Type: multipart/mixed; boundary=out\r\n\r\n"
+	                        "--out\r\n\r\nhello\r\n--out\r\n"
+	                        "Content-Type: message/rfc822\r\n"
+	                        "Content-Transfer-Encoding: base64\r\n\r\n%s\r\n"
+	                        "--out--\r\n",
+	                    enc);
+	struct attach_rules r = {0};
+	struct attach_finding f;
+
+	ck_assert_int_eq(attach_check_buffer(m, strlen(m), &r, &f), ATTACH_PASS);
+	ck_assert_uint_eq(f.parts, 5);
+	r.max_parts = 5;
+	ck_assert_int_eq(attach_check_buffer(m, strlen(m), &r, &f), ATTACH_PASS);
+	r.max_parts = 4;
+	ck_assert_int_eq(attach_check_buffer(m, strlen(m), &r, &f), ATTACH_ERROR);
+	ck_assert_str_eq(f.reason, "more than 4 MIME parts");
+	ck_assert_uint_eq(f.parts, 5);
+	r.max_parts = 1;
+	ck_assert_int_eq(attach_check_buffer(m, strlen(m), &r, &f), ATTACH_ERROR);
+	ck_assert_uint_eq(f.parts, 2);
+	g_free(m);
+	g_free(enc);
+	g_free(inner);
+}
+END_TEST
+
 START_TEST(test_plain_filename)
 {
 	expect_att("Content-Type: application/octet-stream\r\n"
@@ -793,6 +829,7 @@ int main(void)
 
 	g_mime_init();
 	tcase_add_checked_fixture(tc, setup, NULL);
+	tcase_add_test(tc, test_max_parts);
 	tcase_add_test(tc, test_plain_filename);
 	tcase_add_test(tc, test_rfc2231_single);
 	tcase_add_test(tc, test_rfc2231_continued);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "scanners/scan.h"
@@ -146,6 +147,40 @@ START_TEST(test_limit_is_an_error)
 	scan_fd(eng, fd, &v);
 	ck_assert_msg(v.result == SCAN_ERROR, "%s %s", v.signature, v.error);
 	ck_assert_ptr_nonnull(strstr(v.error, "limit"));
+	close(fd);
+	scan_engine_unref(&eng);
+}
+END_TEST
+
+/*
+ * A large message of very many tiny parts: more than max_files is a scan
+ * error, found by counting in bounded memory before GMime would build its
+ * tree (about 2 KiB a part: this one would cost some 200 MB).
+ */
+START_TEST(test_split_many_parts_bounded)
+{
+	struct scan_engine *eng = load(1024, 0); /* max_files: 10000 */
+	struct scan_verdict v;
+	struct rusage ru0, ru1;
+	FILE *f = tmpfile();
+	int fd;
+
+	ck_assert_ptr_nonnull(f);
+	fprintf(f, "From: a@example.test\r\nSubject: many\r\nMIME-Version: 1.0\r\n"
+	           "Content-Type: multipart/mixed; boundary=B\r\n\r\n");
+	for (int i = 0; i < 100000; i++)
+		fprintf(f, "--B\r\nContent-Type: text/plain\r\n\r\npart %d\r\n", i);
+	fprintf(f, "--B--\r\n");
+	fflush(f);
+	fd = dup(fileno(f));
+	fclose(f);
+	getrusage(RUSAGE_SELF, &ru0);
+	scan_fd(eng, fd, &v);
+	getrusage(RUSAGE_SELF, &ru1);
+	ck_assert_msg(v.result == SCAN_ERROR, "%d %s", v.result, v.error);
+	ck_assert_ptr_nonnull(strstr(v.error, "MIME structure"));
+	ck_assert_msg(ru1.ru_maxrss - ru0.ru_maxrss < 48 * 1024,
+	              "peak RSS grew by %ld KiB", ru1.ru_maxrss - ru0.ru_maxrss);
 	close(fd);
 	scan_engine_unref(&eng);
 }
@@ -451,6 +486,7 @@ int main(void)
 	tcase_add_test(tc, test_fd_eicar_attachment_whole_and_split);
 	tcase_add_test(tc, test_fd_clam_zip_split);
 	tcase_add_test(tc, test_limit_is_an_error);
+	tcase_add_test(tc, test_split_many_parts_bounded);
 	tcase_add_test(tc, test_rule_overrides);
 	tcase_add_test(tc, test_load_empty_dir_fails);
 	tcase_add_test(tc, test_encrypted_zip);
