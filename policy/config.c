@@ -505,38 +505,38 @@ struct field {
 #define MEMBER_SIZE(type, m) sizeof(((type *)0)->m)
 #define F_STR(k, m)                                                                      \
 	{                                                                                \
-		.key = (k), .kind = FK_STRING, .off = offsetof(struct config, m),          \
+		.key = (k), .kind = FK_STRING, .off = offsetof(struct config, m),        \
 		.len = MEMBER_SIZE(struct config, m)                                     \
 	}
 #define F_UINT(k, m, lo, hi, sc)                                                         \
 	{                                                                                \
-		.key = (k), .kind = FK_UINT, .off = offsetof(struct config, m), .min = (lo), \
-		.max = (hi), .scale = (sc)                                                   \
+		.key = (k), .kind = FK_UINT, .off = offsetof(struct config, m),          \
+		.min = (lo), .max = (hi), .scale = (sc)                                  \
 	}
 #define F_SIZE(k, m, lo, hi)                                                             \
 	{                                                                                \
-		.key = (k), .kind = FK_SIZE, .off = offsetof(struct config, m), .min = (lo), \
-		.max = (hi)                                                                \
+		.key = (k), .kind = FK_SIZE, .off = offsetof(struct config, m),          \
+		.min = (lo), .max = (hi)                                                 \
 	}
 #define F_ACTION(k, m)                                                                   \
 	{                                                                                \
-		.key = (k), .kind = FK_ACTION, .off = offsetof(struct config, m)           \
+		.key = (k), .kind = FK_ACTION, .off = offsetof(struct config, m)         \
 	}
 #define F_SECTION(k, t)                                                                  \
 	{                                                                                \
-		.key = (k), .kind = FK_SECTION, .sub = (t)                                   \
+		.key = (k), .kind = FK_SECTION, .sub = (t)                               \
 	}
 #define N_FIELDS(t) (sizeof(t) / sizeof((t)[0]) - 1)
 #define L_OPT(k, m)                                                                      \
 	{                                                                                \
-		.key = (k), .kind = FK_OPT_STRING,                                         \
+		.key = (k), .kind = FK_OPT_STRING,                                       \
 		.off = offsetof(struct cfg_listener, m),                                 \
 		.len = MEMBER_SIZE(struct cfg_listener, m)                               \
 	}
 #define L_NAME(k, m, n, c)                                                               \
 	{                                                                                \
-		.key = (k), .kind = FK_NAME, .off = offsetof(struct cfg_listener, m),      \
-		.len = MEMBER_SIZE(struct cfg_listener, m), .names = (n), .n_names = (c)     \
+		.key = (k), .kind = FK_NAME, .off = offsetof(struct cfg_listener, m),    \
+		.len = MEMBER_SIZE(struct cfg_listener, m), .names = (n), .n_names = (c) \
 	}
 
 /*
@@ -614,7 +614,7 @@ static const char *const release_names[] = {"imap", "smtp"};
 
 #define F_OPT(k, m)                                                                      \
 	{                                                                                \
-		.key = (k), .kind = FK_OPT_STRING, .off = offsetof(struct config, m),      \
+		.key = (k), .kind = FK_OPT_STRING, .off = offsetof(struct config, m),    \
 		.len = MEMBER_SIZE(struct config, m)                                     \
 	}
 
@@ -674,32 +674,32 @@ static const struct field metrics_fields[] = {
 #define P_SET(T, P, bit) .setbit = (bit), .set_off = offsetof(T, P.set)
 #define P_ACTION(k, T, P, pk)                                                            \
 	{                                                                                \
-		.key = (k), .kind = FK_ACTION, .off = offsetof(T, P.action[pk]),           \
+		.key = (k), .kind = FK_ACTION, .off = offsetof(T, P.action[pk]),         \
 		P_SET(T, P, PS_ACTION0 << (pk))                                          \
 	}
 #define P_LIST(k, T, P, m, lk, bit)                                                      \
 	{                                                                                \
-		.key = (k), .kind = FK_LIST, .off = offsetof(T, P.m), .list_kind = (lk),     \
+		.key = (k), .kind = FK_LIST, .off = offsetof(T, P.m), .list_kind = (lk), \
 		P_SET(T, P, bit)                                                         \
 	}
 #define P_BOOL(k, T, P, m, bit)                                                          \
 	{                                                                                \
-		.key = (k), .kind = FK_BOOL, .off = offsetof(T, P.m), P_SET(T, P, bit)     \
+		.key = (k), .kind = FK_BOOL, .off = offsetof(T, P.m), P_SET(T, P, bit)   \
 	}
 #define P_STR(k, T, P, m, bit)                                                           \
 	{                                                                                \
-		.key = (k), .kind = FK_STRING, .off = offsetof(T, P.m),                    \
+		.key = (k), .kind = FK_STRING, .off = offsetof(T, P.m),                  \
 		.len = MEMBER_SIZE(T, P.m), P_SET(T, P, bit)                             \
 	}
 #define P_SIZE(k, T, P, m, lo, hi, bit)                                                  \
 	{                                                                                \
-		.key = (k), .kind = FK_SIZE, .off = offsetof(T, P.m), .min = (lo),           \
-		.max = (hi), P_SET(T, P, bit)                                              \
+		.key = (k), .kind = FK_SIZE, .off = offsetof(T, P.m), .min = (lo),       \
+		.max = (hi), P_SET(T, P, bit)                                            \
 	}
 #define P_UINT(k, T, P, m, lo, hi, sc, bit)                                              \
 	{                                                                                \
-		.key = (k), .kind = FK_UINT, .off = offsetof(T, P.m), .min = (lo),           \
-		.max = (hi), .scale = (sc), P_SET(T, P, bit)                                 \
+		.key = (k), .kind = FK_UINT, .off = offsetof(T, P.m), .min = (lo),       \
+		.max = (hi), .scale = (sc), P_SET(T, P, bit)                             \
 	}
 /* NOLINTEND(bugprone-macro-parentheses) */
 /* the fields policy: and a rule share */

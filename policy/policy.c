@@ -286,7 +286,7 @@ static void sanitise(char *dst, size_t cap, const char *src)
 		unsigned char c = (unsigned char)src[i];
 
 		dst[o++] =
-		    (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') ? (char)c : '?';
+		    (char)((c >= 0x20 && c < 0x7f && c != '"' && c != '\\') ? c : '?');
 	}
 	dst[o] = '\0';
 }

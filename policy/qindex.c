@@ -40,6 +40,7 @@
 #include "policy/config.h"
 #include "policy/quarantine.h"
 
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -790,6 +791,7 @@ static int ix_parse_json(struct jp *j, struct ix_rec *r)
 			jp_ws(j);
 			if (jp_string(j, &key, QINDEX_KEY_MAX) < 0)
 				return -1;
+			assert(key != NULL); /* set on success */
 			jp_ws(j);
 			if (j->p >= j->end || *j->p != ':') {
 				free(key);
@@ -923,7 +925,7 @@ int qindex_valid_id(const char *id)
 		return 0;
 	n = strspn(id,
 	           "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-");
-	return id[n] == '\0' && n < QUAR_ID_MAX;
+	return n < QUAR_ID_MAX && id[n] == '\0';
 }
 
 void qindex_filter_init(struct qindex_filter *f)
@@ -1525,6 +1527,10 @@ static int ix_sync_locked(struct qindex *ix, struct qindex_sync_stats *st, char 
 		skips[nskips].mtime = sqlite3_column_int64(q, 2);
 		nskips++;
 	}
+	if (r != SQLITE_DONE) {
+		ix_dberr(ix, err, errlen, "read the skipped files");
+		goto out;
+	}
 	sqlite3_finalize(q);
 	q = NULL;
 	if (nskips > 1)
@@ -1586,7 +1592,7 @@ static int ix_sync_locked(struct qindex *ix, struct qindex_sync_stats *st, char 
 			st->updated++;
 			st->warned += (unsigned)warned;
 		} else { /* on disk, not indexed */
-			struct ix_skip key, *known;
+			struct ix_skip key = {0}, *known;
 			uint64_t ino = json.v[i].ino;
 
 			i++;

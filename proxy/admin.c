@@ -217,14 +217,13 @@ static int adm_cp_width(unsigned cp)
 }
 
 /*
- * Prints s for a terminal (unsafe characters and invalid UTF-8 as '?') in
- * at most width display columns, cut with '~' when longer, padded with
- * spaces to width when pad. width < 0: no limit, no padding.
+ * Prints s[0..len) for a terminal (unsafe characters and invalid UTF-8 as
+ * '?') in at most width display columns, cut with '~' when longer, padded
+ * with spaces to width when pad. width < 0: no limit, no padding.
  */
-static void adm_put_cell(FILE *f, const char *s, int width, int pad)
+static void adm_put_span(FILE *f, const char *s, size_t len, int width, int pad)
 {
-	const unsigned char *p = (const unsigned char *)(s != NULL ? s : "");
-	size_t len = strlen((const char *)p);
+	const unsigned char *p = (const unsigned char *)s;
 	int used = 0;
 
 	while (len > 0) {
@@ -245,7 +244,7 @@ static void adm_put_cell(FILE *f, const char *s, int width, int pad)
 			}
 			break;
 		}
-		if (cp == '?' || cp < 0x80)
+		if (cp < 0x80) /* ASCII, '?' for a replaced character included */
 			fputc((int)cp, f);
 		else
 			fwrite(p, 1, n, f);
@@ -257,6 +256,14 @@ static void adm_put_cell(FILE *f, const char *s, int width, int pad)
 		for (; used < width; used++)
 			fputc(' ', f);
 	}
+}
+
+/* adm_put_span() for the string s (NULL: empty). */
+static void adm_put_cell(FILE *f, const char *s, int width, int pad)
+{
+	if (s == NULL)
+		s = "";
+	adm_put_span(f, s, strlen(s), width, pad);
 }
 
 /* Writes one entry as a JSON object: compact on one line, or pretty. */
@@ -595,8 +602,7 @@ static void adm_print_headers(FILE *f, const char *buf, size_t len)
 				continue; /* unfold: the WSP after CRLF stays */
 			field[flen++] = buf[i];
 		}
-		field[flen] = '\0';
-		adm_put_cell(f, field, ADM_LINE_MAX, 0);
+		adm_put_span(f, field, flen, ADM_LINE_MAX, 0);
 		fputc('\n', f);
 		free(field);
 	}

@@ -359,8 +359,9 @@ static void ctl_cmd_status(struct ctl_req *r, const char *args)
 	ctl_conn_hold(&r->c);
 	e = stats_collect(r->c.l->srv, ctl_on_stats, r);
 	if (e < 0) {
-		ctl_conn_unhold(&r->c);
+		/* reply before dropping the hold: r stays valid while it is used */
 		ctl_reply_error(r, uv_strerror(e));
+		ctl_conn_unhold(&r->c);
 	}
 }
 

@@ -269,7 +269,7 @@ struct intercept_ca *intercept_ca_load(const char *cert_file, const char *key_fi
 	ca->nbuckets = 16;
 	while (ca->nbuckets < 2 * (size_t)INTERCEPT_CACHE_MAX)
 		ca->nbuckets *= 2;
-	ca->buckets = calloc(ca->nbuckets, sizeof(*ca->buckets));
+	ca->buckets = calloc(ca->nbuckets, sizeof(struct ic_entry *));
 	if (ca->buckets == NULL) {
 		ic_err(err, errlen, cert_file, "out of memory");
 		goto fail;

@@ -7,6 +7,7 @@
  */
 #include "proxy/log.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,10 +29,17 @@ static int log_stderr_is_journal(void)
 {
 	const char *js = getenv("JOURNAL_STREAM");
 	unsigned long long dev, ino;
+	char *end;
 	struct stat st;
 
-	if (js == NULL || sscanf(js, "%llu:%llu", &dev, &ino) != 2 ||
-	    fstat(STDERR_FILENO, &st) < 0)
+	if (js == NULL || js[0] < '0' || js[0] > '9')
+		return 0;
+	errno = 0;
+	dev = strtoull(js, &end, 10);
+	if (errno != 0 || *end != ':' || end[1] < '0' || end[1] > '9')
+		return 0;
+	ino = strtoull(end + 1, &end, 10);
+	if (errno != 0 || *end != '\0' || fstat(STDERR_FILENO, &st) < 0)
 		return 0;
 	return (unsigned long long)st.st_dev == dev &&
 	       (unsigned long long)st.st_ino == ino;

@@ -25,6 +25,7 @@
  */
 #include "proxy/outbox.h"
 
+#include <assert.h>
 #include <curl/curl.h>
 #include <dirent.h>
 #include <errno.h>
@@ -559,7 +560,9 @@ static int ob_open_dir(const char *qdir, int create, char *path, size_t pathlen)
 	if (create && mkdir(path, 0700) != 0 && errno != EEXIST)
 		return -errno;
 	fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
-	return fd >= 0 ? fd : -errno;
+	if (fd < 0)
+		return -errno;
+	return fd;
 }
 
 int outbox_write(const char *quarantine_dir, const char *from, const char *to,
@@ -698,7 +701,7 @@ static int ob_list(int dfd, char ***names_r)
 
 		if (fd >= 0)
 			close(fd);
-		return r;
+		return r < 0 ? r : -EIO; /* < 0 whatever errno says: no names */
 	}
 	while ((e = readdir(d)) != NULL && n < 4 * OUTBOX_MAX_FILES) {
 		if (e->d_name[0] == '.')
@@ -1151,6 +1154,7 @@ static void ob_work(uv_work_t *req)
 	struct ob_smtp smtp;
 	struct outbox_pass p;
 
+	assert(cfg != NULL); /* ob_run took it for this pass */
 	memset(&smtp, 0, sizeof(smtp));
 	smtp.cfg = cfg;
 	smtp.stop = &ob->stop;

@@ -42,7 +42,7 @@ struct vcache *vcache_new(size_t max_entries)
 	c->nbuckets = 16;
 	while (c->nbuckets < 2 * c->max)
 		c->nbuckets *= 2;
-	c->buckets = calloc(c->nbuckets, sizeof(*c->buckets));
+	c->buckets = calloc(c->nbuckets, sizeof(struct vc_node *));
 	if (c->buckets == NULL) {
 		free(c);
 		return NULL;
@@ -101,13 +101,15 @@ static char *vc_kstr(const struct vcache_key *k, size_t *len_r)
 static uint64_t vc_hash(const char *kstr, size_t klen, uint32_t uidvalidity, uint32_t uid)
 {
 	uint64_t h = 0xcbf29ce484222325ull;
-	uint32_t nums[2] = {uidvalidity, uid};
-	const unsigned char *p = (const unsigned char *)nums;
+	const uint32_t nums[2] = {uidvalidity, uid};
 
 	for (size_t i = 0; i < klen; i++)
 		h = (h ^ (unsigned char)kstr[i]) * 0x100000001b3ull;
-	for (size_t i = 0; i < sizeof(nums); i++)
-		h = (h ^ p[i]) * 0x100000001b3ull;
+	/* the numbers' bytes, least significant first (any host byte order) */
+	for (size_t i = 0; i < 2; i++) {
+		for (unsigned shift = 0; shift < 32; shift += 8)
+			h = (h ^ ((nums[i] >> shift) & 0xffu)) * 0x100000001b3ull;
+	}
 	return h;
 }
 
