@@ -69,12 +69,18 @@ enum conn_up_state {
 	CONN_UP_STATE_COUNT
 };
 
-/* One side: a socket, the session's input buffer for it, its write queue. */
+/*
+ * One side: a socket, its input buffer, its write queue. The input buffer
+ * is the session's own (fixed), or with own_buf one conn allocates when
+ * bytes arrive and frees once it has been empty for a second (an idle
+ * session then holds no input buffer): buf is NULL while len is 0.
+ */
 struct conn_leg {
 	uv_tcp_t tcp;
-	char *buf; /* input buffer (the session's memory) */
+	char *buf; /* input buffer */
 	size_t cap;
-	size_t len; /* bytes held in buf */
+	size_t len;  /* bytes held in buf */
+	int own_buf; /* buf is allocated on demand by conn (see above) */
 	int reading;
 	int eof;          /* the peer closed its sending side */
 	size_t wq;        /* bytes queued for writing, not yet written */
@@ -140,7 +146,9 @@ struct conn_pair {
 
 /*
  * Initialises the pair's handles (the pair then needs conn_pair_close to
- * end) with the session's input buffers for each side.
+ * end) with the session's input buffers for each side: cbuf / ubuf of ccap
+ * / ucap bytes, or NULL for a buffer of that capacity that conn allocates
+ * on demand and frees when it has been empty and quiet for a second.
  */
 void conn_pair_init(struct conn_pair *p, uv_loop_t *loop, const struct conn_ops *ops,
                     const char *sid, const char *proto, char *cbuf, size_t ccap,
@@ -234,6 +242,17 @@ int conn_leg_idle(const struct conn_leg *leg);
 
 /* Queues a copy of len bytes on leg. Returns 0 or a libuv error (< 0). */
 int conn_write(struct conn_pair *p, struct conn_leg *leg, const char *data, size_t len);
+
+/*
+ * A large buffer (an input buffer, a segmenter) that goes back to the
+ * system when freed: mapped pages of its own, never heap memory that
+ * would stay resident between other sessions' small allocations. NULL
+ * when out of memory. Under AddressSanitizer plain malloc, so overflows
+ * are caught. conn_buf_free takes the size given to conn_buf_alloc; NULL
+ * is ignored.
+ */
+void *conn_buf_alloc(size_t size);
+void conn_buf_free(void *buf, size_t size);
 
 /* Drops the first n bytes of leg's input buffer. */
 void conn_consume(struct conn_leg *leg, size_t n);

@@ -133,6 +133,7 @@ struct im_capture {
 	int fetch;    /* a FETCH response (walked) */
 	int own;      /* part of the proxy's own pre-scan: never sent */
 	int starttls; /* the client's STARTTLS answer: TLS starts once sent */
+	int tagged;   /* the tagged answer of a client command */
 	struct imap_fetch_walk walk;
 	struct im_part *whole; /* the whole-message literal, if any */
 	int n_content;
@@ -179,6 +180,25 @@ struct im_append {
 	int wait_cont; /* a synchronizing literal waits for the server's "+" */
 };
 
+/*
+ * A segmenter that holds its 64 KiB buffer only while a segment is being
+ * read: between lines (nothing held) the parser's state is kept in st and
+ * the buffer freed (im_seg_trim), so an idle session costs little.
+ */
+struct im_seg {
+	struct imap_seg_parser *p; /* NULL while trimmed */
+	unsigned char st[offsetof(struct imap_seg_parser, buf)];
+};
+
+/* A partial the client asked for (BODY[sect]<origin.len>). */
+struct im_preq {
+	char sect[128];
+	int binary;
+	uint64_t origin, len;
+};
+
+#define IM_PREQ_MAX 32
+
 struct imap_session {
 	struct session_base base; /* first: server.c sees only this */
 	struct conn_pair c;
@@ -189,10 +209,9 @@ struct imap_session {
 	const char *end_reason;
 	char reason_buf[96];
 
-	char cin[IM_IN_MAX];
-	char uin[IM_IN_MAX];
-	struct imap_seg_parser cseg; /* client -> proxy */
-	struct imap_seg_parser useg; /* upstream -> proxy */
+	/* the input buffers are conn's, allocated while bytes flow */
+	struct im_seg cseg; /* client -> proxy */
+	struct im_seg useg; /* upstream -> proxy */
 
 	/* client side */
 	struct im_cmd *cmds; /* commands in flight (oldest first) */
@@ -202,6 +221,7 @@ struct imap_session {
 	int cline_relay; /* in a client line being relayed (after its first segment) */
 	int cline_drop;  /* in a client line answered locally: drop the rest */
 	int client_dead; /* the client broke the protocol: read nothing more */
+	int withheld;    /* content went out as NIL since the last tagged answer */
 	int greeted;     /* the upstream's greeting went by */
 	int client_tls_wait;          /* the client's STARTTLS was answered: TLS next */
 	int tls_go_up, tls_go_client; /* start TLS on that leg between passes */
@@ -226,12 +246,9 @@ struct imap_session {
 	uint64_t cookie_seq;
 	uint64_t last_out_ms;
 
-	/* partial lengths the client asked for: a response names only the origin */
-	struct {
-		char sect[128];
-		int binary;
-		uint64_t origin, len;
-	} preq[32];
+	/* partial lengths the client asked for: a response names only the
+	   origin (IM_PREQ_MAX of them, allocated with the first partial) */
+	struct im_preq *preq;
 	unsigned preq_next;
 
 	/* mailbox state */
@@ -246,6 +263,45 @@ struct imap_session {
 
 static void im_run(struct imap_session *s);
 static void im_close(struct imap_session *s, const char *reason);
+
+/* (Re)starts g's stream, with or without its buffer. */
+static void im_seg_init(struct im_seg *g, uint64_t max_literal)
+{
+	static struct imap_seg_parser scratch; /* the loop's thread only */
+
+	if (g->p != NULL) {
+		imap_seg_init(g->p, max_literal);
+		return;
+	}
+	imap_seg_init(&scratch, max_literal);
+	memcpy(g->st, &scratch, sizeof(g->st));
+}
+
+/* g's parser, its buffer allocated again if it was trimmed; NULL: no memory. */
+static struct imap_seg_parser *im_seg_get(struct im_seg *g)
+{
+	if (g->p == NULL && (g->p = conn_buf_alloc(sizeof(*g->p))) != NULL)
+		memcpy(g->p, g->st, sizeof(g->st));
+	return g->p;
+}
+
+/*
+ * Frees g's buffer when it holds nothing but the bytes the last event
+ * handed out (no segment in progress); those are dropped as the next feed
+ * would drop them. Only between passes: no event is in use then.
+ */
+static void im_seg_trim(struct im_seg *g)
+{
+	struct imap_seg_parser *p = g->p;
+
+	if (p == NULL || p->len != p->drop)
+		return;
+	p->mk_start = p->mk_start >= p->drop ? p->mk_start - p->drop : 0;
+	p->len = p->drop = 0;
+	memcpy(g->st, p, sizeof(g->st));
+	conn_buf_free(g->p, sizeof(*g->p));
+	g->p = NULL;
+}
 
 static struct imap_session *im_of(struct conn_pair *p)
 {
@@ -360,9 +416,13 @@ static void im_local_line(struct imap_session *s, const char *line)
 /* ------------------------------------------------------------------ */
 /* closing                                                             */
 
+static void im_inflight_orphans(struct imap_session *s);
+
 static void im_on_freed(struct conn_pair *p)
 {
 	struct imap_session *s = im_of(p);
+
+	im_inflight_orphans(s);
 
 	while (s->fifo != NULL) {
 		struct im_capture *cp = s->fifo;
@@ -380,6 +440,9 @@ static void im_on_freed(struct conn_pair *p)
 	}
 	free(s->held);
 	free(s->seq2uid);
+	conn_buf_free(s->cseg.p, sizeof(*s->cseg.p));
+	conn_buf_free(s->useg.p, sizeof(*s->useg.p));
+	free(s->preq);
 	if (s->app != NULL) {
 		struct im_capture *cp = &s->app->cap;
 
@@ -560,6 +623,7 @@ static size_t im_filter_caps(struct imap_session *s, char *line, size_t len)
 	                                                      : " STARTTLS")
 	        : NULL;
 	char *end;
+	size_t alen;
 
 	if (add == NULL)
 		return n;
@@ -574,9 +638,10 @@ static size_t im_filter_caps(struct imap_session *s, char *line, size_t len)
 		while (end > line && (end[-1] == '\r' || end[-1] == '\n'))
 			end--;
 	}
-	memmove(end + strlen(add), end, (size_t)(line + n - end));
-	memcpy(end, add, strlen(add));
-	return n + strlen(add);
+	alen = strlen(add);
+	memmove(end + alen, end, (size_t)(line + n - end));
+	memcpy(end, add, alen); /* the line is counted, not NUL-terminated */
+	return n + alen;
 }
 
 static size_t im_filter_caps_list(struct imap_session *s, char *line, size_t len)
@@ -621,7 +686,7 @@ static size_t im_filter_caps_list(struct imap_session *s, char *line, size_t len
 /* The requested length of a partial the client asked for, or 0 if unknown. */
 static uint64_t im_preq_len(struct imap_session *s, const struct im_part *lit)
 {
-	for (unsigned i = 0; i < sizeof(s->preq) / sizeof(s->preq[0]); i++)
+	for (unsigned i = 0; s->preq != NULL && i < IM_PREQ_MAX; i++)
 		if (s->preq[i].len != 0 && s->preq[i].origin == lit->origin &&
 		    s->preq[i].binary == lit->binary &&
 		    strcmp(s->preq[i].sect, lit->sect) == 0)
@@ -642,12 +707,12 @@ static void im_sect_copy(char *out, size_t cap, const char *sect, size_t len)
 
 /*
  * The header lines of hdr (hdrlen bytes, ending in the blank line) whose
- * field names are (not, for .NOT) in the section's list, then the blank
+ * field names are (exclude: are not, .NOT) in the section's list, then the blank
  * line, as RFC 3501 section 6.4.5 defines HEADER.FIELDS. Returns a malloc'd
  * buffer, or NULL.
  */
-static char *im_header_fields(const char *hdr, size_t hdrlen, const char *sect, int not,
-                              size_t *len_r)
+static char *im_header_fields(const char *hdr, size_t hdrlen, const char *sect,
+                              int exclude, size_t *len_r)
 {
 	const char *list = strchr(sect, '(');
 	char *out = malloc(hdrlen + 3);
@@ -681,7 +746,7 @@ static char *im_header_fields(const char *hdr, size_t hdrlen, const char *sect, 
 				while (*p == '"')
 					p++;
 			}
-			keep = not ? !keep : keep;
+			keep = exclude ? !keep : keep;
 		}
 		if (keep) {
 			memcpy(out + o, hdr + i, ll);
@@ -689,8 +754,9 @@ static char *im_header_fields(const char *hdr, size_t hdrlen, const char *sect, 
 		}
 		i += ll;
 	}
-	memcpy(out + o, "\r\n", 2);
-	*len_r = o + 2;
+	out[o++] = '\r'; /* the blank line; out is counted, not a string */
+	out[o++] = '\n';
+	*len_r = o;
 	return out;
 }
 
@@ -731,6 +797,7 @@ static void im_replacement(struct imap_session *s, struct im_capture *cp,
 	}
 	if ((cp->verdict != 2 && cp->verdict != 3) || cp->notice == NULL) {
 		r->nil = 1; /* no verdict: content is never sent */
+		s->withheld = 1;
 		return;
 	}
 	nsize = spool_size(cp->notice);
@@ -812,6 +879,31 @@ static int im_send_text(struct imap_session *s, struct im_capture *cp, struct im
 }
 
 /*
+ * The tagged answer (tag: tl octets) of a client command whose FETCH data
+ * went out with content withheld as NIL (no verdict: the scan or the
+ * quarantine failed): a temporary error instead of the server's OK, so
+ * the client keeps nothing and asks again later (RFC 3501 section 7.1,
+ * RFC 5530 UNAVAILABLE). Returns 1 when it wrote that NO, 0 when nothing
+ * was withheld, -1 on a write error.
+ */
+static int im_withheld_answer(struct imap_session *s, const char *tag, size_t tl)
+{
+	char line[IM_TAG_MAX + 100];
+	int n;
+
+	if (!s->withheld)
+		return 0;
+	s->withheld = 0;
+	n = snprintf(
+	    line, sizeof(line),
+	    "%.*s NO [UNAVAILABLE] mailmoat: message held back, try again later\r\n",
+	    (int)(tl < IM_TAG_MAX ? tl : IM_TAG_MAX - 1), tag);
+	return im_write(s, 1, line, (size_t)n) < 0 ? -1 : 1;
+}
+
+static size_t im_tag_len(const char *d, size_t len);
+
+/*
  * Sends as much of a captured response as the client's write queue allows.
  * Returns 1 when it has been sent completely.
  */
@@ -821,6 +913,14 @@ static int im_send_capture(struct imap_session *s, struct im_capture *cp)
 
 	if (cp->own)
 		return 1; /* the proxy's own pre-scan: never shown to the client */
+	if (cp->tagged && cp->state == IMS_READY && cp->parts != NULL &&
+	    cp->parts->type == IMP_TEXT) {
+		int r = im_withheld_answer(s, cp->parts->text,
+		                           im_tag_len(cp->parts->text, cp->parts->len));
+
+		if (r != 0)
+			return r > 0;
+	}
 	if (cp->state == IMS_READY) {
 		cp->state = IMS_SEND;
 		cp->sp = cp->parts;
@@ -924,6 +1024,8 @@ struct im_inflight {
 	struct im_inflight *next;
 	char key[IM_MBOX_MAX + 600];
 	struct im_waiter *waiters;
+	uint64_t owner; /* the id of the session whose scan this is */
+	uint32_t uid;
 };
 
 static struct im_inflight *im_inflights;
@@ -992,6 +1094,48 @@ static void im_inflight_done(struct server *srv, const char *key,
 		im_run(s2);
 	}
 	free(f);
+}
+
+/*
+ * Session s is gone with scans it started still in flight: their results
+ * are dropped with it (msgjob_after, or im_job_done while closing), so
+ * the sessions waiting for them would wait forever. Each waiter scans for
+ * itself instead.
+ */
+static void im_inflight_orphans(struct imap_session *s)
+{
+	struct im_inflight **pp = &im_inflights, *f;
+
+	while ((f = *pp) != NULL) {
+		if (f->owner != s->base.id) {
+			pp = &f->next;
+			continue;
+		}
+		*pp = f->next;
+		while (f->waiters != NULL) {
+			struct im_waiter *w = f->waiters;
+			struct imap_session *s2 =
+			    (struct imap_session *)server_session_find(s->base.srv,
+			                                               w->session_id);
+			struct im_capture *cp = s2 != NULL && !s2->closing
+			                            ? im_fifo_find(s2, w->cookie)
+			                            : NULL;
+
+			f->waiters = w->next;
+			free(w);
+			if (cp == NULL)
+				continue;
+			if (im_scan(s2, cp, f->uid) < 0) {
+				cp->verdict = 0;
+				cp->state = IMS_READY;
+				if (cp->own && s2->own_scans > 0)
+					s2->own_scans--;
+			}
+			im_run(s2);
+		}
+		free(f);
+		pp = &im_inflights; /* im_run may have changed the list */
+	}
 }
 
 /* A scan job of a captured whole message is back (loop thread). */
@@ -1121,9 +1265,9 @@ static int im_scan(struct imap_session *s, struct im_capture *cp, uint32_t uid)
 static void im_buf_put(char **b, size_t *len, size_t *cap, const char *d, size_t n,
                        int *oom)
 {
-	if (*oom)
-		return;
-	if (*len + n > *cap) {
+	if (*oom || n == 0)
+		return; /* n == 0: *b may still be NULL, not a memcpy argument */
+	if (*b == NULL || *len + n > *cap) {
 		size_t nc = (*cap + n) * 2;
 		char *nb = realloc(*b, nc);
 
@@ -1343,6 +1487,8 @@ static void im_fetch_complete(struct imap_session *s, struct im_capture *cp)
 				}
 			} else if ((f = calloc(1, sizeof(*f))) != NULL) {
 				snprintf(f->key, sizeof(f->key), "%s", key);
+				f->owner = s->base.id;
+				f->uid = uid;
 				f->next = im_inflights;
 				im_inflights = f;
 			}
@@ -1477,6 +1623,7 @@ static void im_line_start(struct imap_session *s, const struct imap_event *ev)
 {
 	size_t tl = im_tag_len(ev->data, ev->len);
 	uint32_t seq;
+	int client_tag = 0;
 
 	if (!s->greeted) {
 		s->greeted = 1;
@@ -1548,8 +1695,10 @@ static void im_line_start(struct imap_session *s, const struct imap_event *ev)
 	else if (!(tl == 1 && ev->data[0] == '+')) {
 		struct im_cmd *cm = im_cmd_find(s, ev->data, tl);
 
-		if (cm != NULL)
+		if (cm != NULL) {
 			im_tagged(s, cm, ev->data, ev->len);
+			client_tag = 1;
+		}
 	}
 	if (s->nfifo > 0) {
 		/* something before it still waits for a scan: queue the line too */
@@ -1558,7 +1707,12 @@ static void im_line_start(struct imap_session *s, const struct imap_event *ev)
 			im_close(s, "out of memory");
 			return;
 		}
+		s->cap->tagged = client_tag;
 		s->uline = 2;
+		return;
+	}
+	if (client_tag && im_withheld_answer(s, ev->data, tl) != 0) {
+		s->uline = 3; /* the server's answer is replaced: drop it */
 		return;
 	}
 	s->uline = 1;
@@ -1749,15 +1903,19 @@ static int im_upstream_input(struct imap_session *s)
 		    s->c.client.wq >= IM_WQ_HIGH ||
 		    im_fifo_messages(s) > im_cfg(s)->readahead)
 			break;
-		r = imap_seg_feed(&s->useg, s->uin + pos, s->c.upstream.len - pos, &used,
-		                  &ev);
+		if (im_seg_get(&s->useg) == NULL) {
+			im_close(s, "out of memory");
+			return 0;
+		}
+		r = imap_seg_feed(s->useg.p, s->c.upstream.buf + pos,
+		                  s->c.upstream.len - pos, &used, &ev);
 		pos += used;
 		progress = 1;
 		if (r == IMAP_ERROR) {
 			stats_error(STATS_ERR_PROTOCOL);
 			log_msg(LOG_LVL_ERROR, s->base.sid,
 			        "imap upstream protocol error: %s",
-			        imap_seg_error(&s->useg));
+			        imap_seg_error(s->useg.p));
 			im_close(s, "upstream protocol error");
 			return 0;
 		}
@@ -1909,7 +2067,7 @@ static int im_uncached_range(uint32_t lo, uint32_t hi, void *ctx)
 static void im_preq_record(struct imap_session *s, int uid, const char *args, size_t len)
 {
 	static struct imap_fetch_cmd fc; /* large; the loop thread only */
-	const unsigned n = sizeof(s->preq) / sizeof(s->preq[0]);
+	const unsigned n = IM_PREQ_MAX;
 
 	if (imap_fetch_cmd_parse(uid, args, len, &fc) < 0)
 		return;
@@ -1920,6 +2078,10 @@ static void im_preq_record(struct imap_session *s, int uid, const char *args, si
 
 		if (!it->has_partial || it->partial_len == 0)
 			continue;
+		if (s->preq == NULL &&
+		    (s->preq = calloc(IM_PREQ_MAX, sizeof(*s->preq))) == NULL)
+			return; /* the notice's part is then cut at the original's length
+			         */
 		if (it->section != NULL)
 			im_sect_copy(sect, sizeof(sect), it->section, it->section_len);
 		for (unsigned j = 0; j < n && slot == n; j++)
@@ -2419,8 +2581,14 @@ static int im_client_input(struct imap_session *s)
 	       !s->stop_when_idle && s->ncmds < IM_CMDS_MAX) {
 		struct imap_event ev;
 		size_t used = 0;
-		int r = imap_seg_feed(&s->cseg, s->cin + pos, s->c.client.len - pos,
-		                      &used, &ev);
+		int r;
+
+		if (im_seg_get(&s->cseg) == NULL) {
+			im_close(s, "out of memory");
+			return 0;
+		}
+		r = imap_seg_feed(s->cseg.p, s->c.client.buf + pos, s->c.client.len - pos,
+		                  &used, &ev);
 
 		pos += used;
 		progress = 1;
@@ -2429,7 +2597,7 @@ static int im_client_input(struct imap_session *s)
 			stats_error(STATS_ERR_PROTOCOL);
 			log_msg(LOG_LVL_WARN, s->base.sid,
 			        "imap client protocol error: %s",
-			        imap_seg_error(&s->cseg));
+			        imap_seg_error(s->cseg.p));
 			conn_write_lit(&s->c, &s->c.client,
 			               "* BYE malformed literal\r\n");
 			s->client_dead = 1;
@@ -2506,7 +2674,7 @@ static int im_tls_go(struct imap_session *s)
 	if (s->tls_go_client && conn_leg_idle(&s->c.client)) {
 		/* the OK went out in plaintext; from here on the client speaks TLS */
 		s->tls_go_client = 0;
-		imap_seg_init(&s->cseg, im_cfg(s)->spool_max_message_size);
+		im_seg_init(&s->cseg, im_cfg(s)->spool_max_message_size);
 		s->cline_relay = s->cline_drop = 0;
 		if (conn_start_tls(&s->c, &s->c.client) < 0)
 			im_close(s, "cannot start client TLS");
@@ -2595,6 +2763,13 @@ static void im_on_tick(struct conn_pair *p)
 	int waiting =
 	    s->hold != IMH_NONE || (s->fifo != NULL && s->fifo->state == IMS_SCAN);
 
+	/* quiet for a second: the segmenters give their buffers back (conn
+	   trims the input buffers the same way) */
+	if (now - s->c.client.last_ms >= 1000)
+		im_seg_trim(&s->cseg);
+	if (now - s->c.upstream.last_ms >= 1000)
+		im_seg_trim(&s->useg);
+
 	if (waiting && s->base.policy.keepalive != 0 && s->uline != 1 &&
 	    (s->fifo == NULL || s->fifo->state != IMS_SEND) &&
 	    now - s->last_out_ms >= s->base.policy.keepalive * 1000ull) {
@@ -2677,10 +2852,10 @@ int imap_session_accept(struct server *srv, const struct cfg_listener *lcfg,
 	s->base.shutdown = im_shutdown;
 	server_session_add(srv, &s->base);
 	stats_session_open(STATS_IMAP);
-	conn_pair_init(&s->c, srv->loop, &im_conn_ops, s->base.sid, "imap", s->cin,
-	               sizeof(s->cin), s->uin, sizeof(s->uin));
-	imap_seg_init(&s->cseg, srv->cfg->spool_max_message_size);
-	imap_seg_init(&s->useg, 0);
+	conn_pair_init(&s->c, srv->loop, &im_conn_ops, s->base.sid, "imap", NULL,
+	               IM_IN_MAX, NULL, IM_IN_MAX);
+	im_seg_init(&s->cseg, srv->cfg->spool_max_message_size);
+	im_seg_init(&s->useg, 0);
 	s->last_out_ms = uv_now(srv->loop);
 
 	r = conn_pair_open(&s->c, listener, lcfg, srv->cfg->timeout_connect, &cr);

@@ -13,9 +13,12 @@
  * no database loads), the quarantine directory, then the listeners; the
  * server drops privileges after binding.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "policy/config.h"
@@ -40,6 +43,58 @@ static void main_usage(FILE *f)
 	           "       mailmoat --version\n");
 }
 
+/*
+ * Every session holds two descriptors: the soft NOFILE limit (1024 under
+ * systemd and most shells) would cap a daemon near 500 sessions whatever
+ * limits.max_sessions says. Raises it to the hard limit and logs both.
+ */
+static void main_raise_nofile(void)
+{
+	struct rlimit rl;
+	rlim_t was;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	was = rl.rlim_cur;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0) {
+			log_msg(LOG_LVL_WARN, NULL,
+			        "cannot raise open files limit from %llu: %s",
+			        (unsigned long long)was, strerror(errno));
+			return;
+		}
+	}
+	log_msg(LOG_LVL_INFO, NULL, "open files limit=%llu (was %llu, hard limit %llu)",
+	        (unsigned long long)rl.rlim_cur, (unsigned long long)was,
+	        (unsigned long long)rl.rlim_max);
+}
+
+/*
+ * libuv's worker pool runs the scans (and reloads, purges, the admin copy):
+ * 4 threads by default whatever the machine. One per core plus two for the
+ * rest, at least 4, unless UV_THREADPOOL_SIZE says otherwise; read by
+ * libuv when the first job is queued, so this runs before any.
+ */
+static void main_pool_size(void)
+{
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	long n = ncpu > 0 ? ncpu + 2 : 4;
+	const char *env = getenv("UV_THREADPOOL_SIZE");
+	char buf[16];
+
+	if (env == NULL || *env == '\0') {
+		if (n < 4)
+			n = 4;
+		if (n > 128)
+			n = 128;
+		snprintf(buf, sizeof(buf), "%ld", n);
+		setenv("UV_THREADPOOL_SIZE", buf, 1);
+		env = buf;
+	}
+	log_msg(LOG_LVL_INFO, NULL, "worker threads=%s cpus=%ld", env, ncpu);
+}
+
 /* Runs the daemon until it is stopped; returns the process exit code. */
 static int main_run(const char *path)
 {
@@ -59,6 +114,8 @@ static int main_run(const char *path)
 	log_set_target(cfg->log_target);
 	log_msg(LOG_LVL_INFO, NULL, "mailmoat %s starting config=%s", MAILMOAT_VERSION,
 	        path);
+	main_raise_nofile();
+	main_pool_size();
 	if (scan_global_init() < 0) {
 		config_free(&cfg);
 		return 1;

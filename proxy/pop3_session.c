@@ -35,7 +35,8 @@
  * Ownership: the session owns both TCP handles and its timer (handle->data
  * points back); closing marks the session, closes every handle, and the
  * last close callback frees it. Scan jobs know only the session id.
- * Memory per session is bounded by its two input buffers, one captured
+ * Memory per session is bounded by its two input buffers (allocated only
+ * while bytes are held), one captured
  * message per read-ahead slot (spilling to a temp file past the spool
  * memory limit), and the client write high-water mark.
  */
@@ -168,8 +169,6 @@ struct pop3_session {
 	const char *end_reason;       /* why close_after_flush was set, for the log */
 	char reason_buf[80];
 
-	char cin[P3_CIN_MAX];
-	char uin[P3_UIN_MAX];
 	struct pop3_cmd_parser cp;
 	struct pop3_resp_parser rp;
 
@@ -906,8 +905,8 @@ static int p3_upstream_input(struct pop3_session *s)
 				return 0;
 			}
 		}
-		r = pop3_resp_feed(&s->rp, s->uin + pos, s->c.upstream.len - pos, &used,
-		                   &ev);
+		r = pop3_resp_feed(&s->rp, s->c.upstream.buf + pos,
+		                   s->c.upstream.len - pos, &used, &ev);
 		if (r == POP3_ERROR) {
 			char why[128];
 
@@ -919,7 +918,8 @@ static int p3_upstream_input(struct pop3_session *s)
 			return 1;
 		}
 		if (p3_is_relayed(sl->kind))
-			p3_write(s, 1, s->uin + pos, used); /* relayed byte for byte */
+			p3_write(s, 1, s->c.upstream.buf + pos,
+			         used); /* relayed byte for byte */
 		pos += used;
 		progress = 1;
 		if (r == POP3_NEED_MORE)
@@ -1004,7 +1004,8 @@ static int p3_upstream_input(struct pop3_session *s)
 		}
 	}
 	if (pos > 0) {
-		memmove(s->uin, s->uin + pos, s->c.upstream.len - pos);
+		memmove(s->c.upstream.buf, s->c.upstream.buf + pos,
+		        s->c.upstream.len - pos);
 		s->c.upstream.len -= pos;
 	}
 	if (s->ucur == NULL && s->c.upstream.len > 0 && !s->tls_go_up &&
@@ -1540,8 +1541,8 @@ static int p3_client_input(struct pop3_session *s)
 	       s->nslots < P3_SLOTS_MAX && !p3_client_held(s)) {
 		struct pop3_cmd cmd;
 		size_t used = 0;
-		int r = pop3_cmd_feed(&s->cp, s->cin + pos, s->c.client.len - pos, &used,
-		                      &cmd);
+		int r = pop3_cmd_feed(&s->cp, s->c.client.buf + pos,
+		                      s->c.client.len - pos, &used, &cmd);
 
 		pos += used;
 		progress = 1;
@@ -1568,7 +1569,7 @@ static int p3_client_input(struct pop3_session *s)
 		p3_command(s, &cmd);
 	}
 	if (pos > 0) {
-		memmove(s->cin, s->cin + pos, s->c.client.len - pos);
+		memmove(s->c.client.buf, s->c.client.buf + pos, s->c.client.len - pos);
 		s->c.client.len -= pos;
 	}
 	return progress;
@@ -1745,8 +1746,9 @@ int pop3_session_accept(struct server *srv, const struct cfg_listener *lcfg,
 	s->base.shutdown = p3_shutdown;
 	server_session_add(srv, &s->base);
 	stats_session_open(STATS_POP3);
-	conn_pair_init(&s->c, srv->loop, &p3_conn_ops, s->base.sid, "pop3", s->cin,
-	               sizeof(s->cin), s->uin, sizeof(s->uin));
+	/* input buffers allocated by conn while bytes are held (idle: none) */
+	conn_pair_init(&s->c, srv->loop, &p3_conn_ops, s->base.sid, "pop3", NULL,
+	               P3_CIN_MAX, NULL, P3_UIN_MAX);
 	pop3_cmd_init(&s->cp);
 	pop3_resp_init(&s->rp, 0); /* the spool bounds message size, not the parser */
 

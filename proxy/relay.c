@@ -35,7 +35,6 @@ struct relay_session {
 	uint64_t up_bytes, down_bytes;
 	const char *proto;
 	char reason[96];
-	char cin[RELAY_BUF], uin[RELAY_BUF];
 };
 
 /* TLS alert record: fatal (2), access_denied (49) (RFC 8446 section 6). */
@@ -263,8 +262,8 @@ int relay_session_accept(struct server *srv, const struct cfg_listener *lcfg,
 	s->relay = l->tls.relay;
 	server_session_add(srv, &s->base);
 	stats_session_open(STATS_RELAY);
-	conn_pair_init(&s->c, srv->loop, &rl_conn_ops, s->base.sid, s->proto, s->cin,
-	               sizeof(s->cin), s->uin, sizeof(s->uin));
+	conn_pair_init(&s->c, srv->loop, &rl_conn_ops, s->base.sid, s->proto, NULL,
+	               RELAY_BUF, NULL, RELAY_BUF);
 	s->c.up_state = CONN_UP_GONE; /* until a connect is under way */
 	s->c.connect_timeout_ms = (uint64_t)srv->cfg->timeout_connect * 1000u;
 	r = conn_pair_accept(&s->c, listener);
