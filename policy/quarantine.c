@@ -383,7 +383,13 @@ out:
  * Messages stored by this process, by (sha256, user, upstream): a client
  * that leaves mail on the server and fetches the same message again (a new
  * session, a lost UIDL list) gets the same quarantine entry instead of a
- * new copy each time. Bounded ring; lost at restart, which costs one copy.
+ * new copy each time. Bounded ring, most recently stored or found first
+ * out last; lost at restart, which costs one copy.
+ *
+ * Several sessions of one user may fetch the same new message at once
+ * (Thunderbird's connections, two devices): the first store of a key is
+ * "pending" while it writes, and the others wait for it instead of writing
+ * copies of their own (quar_seen_claim).
  */
 #define QUAR_SEEN_MAX 512
 
@@ -394,54 +400,117 @@ struct quar_seen {
 	char id[QUAR_ID_MAX];
 };
 
+struct quar_pending {
+	const char *sha;
+	const struct quar_meta *m;
+	struct quar_pending *next;
+};
+
 static struct quar_seen quar_seen[QUAR_SEEN_MAX];
 static unsigned quar_seen_next;
+static struct quar_pending *quar_pending_list;
 static pthread_mutex_t quar_seen_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t quar_seen_cond = PTHREAD_COND_INITIALIZER;
+
+static const char *quar_str(const char *s)
+{
+	return s != NULL ? s : "";
+}
 
 static int quar_seen_match(const struct quar_seen *e, const char *sha,
                            const struct quar_meta *m)
 {
 	return e->id[0] != '\0' && strcmp(e->sha, sha) == 0 &&
-	       strncmp(e->user, m->user != NULL ? m->user : "", sizeof(e->user) - 1) ==
-	           0 &&
-	       strncmp(e->upstream, m->upstream != NULL ? m->upstream : "",
-	               sizeof(e->upstream) - 1) == 0;
+	       strncmp(e->user, quar_str(m->user), sizeof(e->user) - 1) == 0 &&
+	       strncmp(e->upstream, quar_str(m->upstream), sizeof(e->upstream) - 1) == 0;
 }
 
-/* The id of an identical message stored earlier and still on disk, if any. */
-static int quar_seen_find(int dfd, const char *sha, const struct quar_meta *m,
-                          char id_r[QUAR_ID_MAX])
+static int quar_pending_match(const struct quar_pending *p, const char *sha,
+                              const struct quar_meta *m)
 {
-	int found = 0;
+	return strcmp(p->sha, sha) == 0 &&
+	       strcmp(quar_str(p->m->user), quar_str(m->user)) == 0 &&
+	       strcmp(quar_str(p->m->upstream), quar_str(m->upstream)) == 0;
+}
+
+/* Call with quar_seen_lock held. */
+static void quar_seen_add_locked(const char *sha, const struct quar_meta *m,
+                                 const char *id)
+{
+	struct quar_seen *e = &quar_seen[quar_seen_next++ % QUAR_SEEN_MAX];
+
+	snprintf(e->sha, sizeof(e->sha), "%s", sha);
+	snprintf(e->user, sizeof(e->user), "%s", quar_str(m->user));
+	snprintf(e->upstream, sizeof(e->upstream), "%s", quar_str(m->upstream));
+	snprintf(e->id, sizeof(e->id), "%s", id);
+}
+
+/*
+ * Either finds the id of an identical message stored earlier and still on
+ * disk (returns 1, id in id_r; the entry moves to the ring's head), or
+ * claims the key for this store (returns 0; the caller must end with
+ * quar_seen_done). Waits while another thread stores the same key.
+ */
+static int quar_seen_claim(int dfd, const char *sha, const struct quar_meta *m,
+                           struct quar_pending *claim, char id_r[QUAR_ID_MAX])
+{
+	const struct quar_pending *p;
+	int found = 0, busy;
 
 	pthread_mutex_lock(&quar_seen_lock);
-	for (unsigned i = 0; i < QUAR_SEEN_MAX && !found; i++) {
-		char eml[QUAR_NAME_MAX];
+	for (;;) {
+		for (unsigned i = 0; i < QUAR_SEEN_MAX && !found; i++) {
+			char eml[QUAR_NAME_MAX];
 
-		if (!quar_seen_match(&quar_seen[i], sha, m))
-			continue;
-		/* the admin may have released or deleted it meanwhile */
-		snprintf(eml, sizeof(eml), "%s.eml", quar_seen[i].id);
-		if (faccessat(dfd, eml, F_OK, AT_SYMLINK_NOFOLLOW) == 0) {
-			memcpy(id_r, quar_seen[i].id, QUAR_ID_MAX);
-			found = 1;
+			if (!quar_seen_match(&quar_seen[i], sha, m))
+				continue;
+			/* the admin may have released or deleted it meanwhile */
+			snprintf(eml, sizeof(eml), "%s.eml", quar_seen[i].id);
+			if (faccessat(dfd, eml, F_OK, AT_SYMLINK_NOFOLLOW) == 0) {
+				memcpy(id_r, quar_seen[i].id, QUAR_ID_MAX);
+				found = 1;
+				/* still fetched: keep it from aging out of the ring */
+				if (&quar_seen[(quar_seen_next - 1) % QUAR_SEEN_MAX] !=
+				    &quar_seen[i]) {
+					quar_seen[i].id[0] = '\0';
+					quar_seen_add_locked(sha, m, id_r);
+				}
+			}
 		}
+		if (found)
+			break;
+		busy = 0;
+		for (p = quar_pending_list; p != NULL && !busy; p = p->next)
+			busy = quar_pending_match(p, sha, m);
+		if (!busy)
+			break;
+		pthread_cond_wait(&quar_seen_cond, &quar_seen_lock);
+	}
+	if (!found) {
+		claim->sha = sha;
+		claim->m = m;
+		claim->next = quar_pending_list;
+		quar_pending_list = claim;
 	}
 	pthread_mutex_unlock(&quar_seen_lock);
 	return found;
 }
 
-static void quar_seen_add(const char *sha, const struct quar_meta *m, const char *id)
+/* Ends a claim: remembers id (NULL: the store failed) and wakes waiters. */
+static void quar_seen_done(struct quar_pending *claim, const char *id)
 {
-	struct quar_seen *e;
+	struct quar_pending **pp;
 
 	pthread_mutex_lock(&quar_seen_lock);
-	e = &quar_seen[quar_seen_next++ % QUAR_SEEN_MAX];
-	snprintf(e->sha, sizeof(e->sha), "%s", sha);
-	snprintf(e->user, sizeof(e->user), "%s", m->user != NULL ? m->user : "");
-	snprintf(e->upstream, sizeof(e->upstream), "%s",
-	         m->upstream != NULL ? m->upstream : "");
-	snprintf(e->id, sizeof(e->id), "%s", id);
+	for (pp = &quar_pending_list; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == claim) {
+			*pp = claim->next;
+			break;
+		}
+	}
+	if (id != NULL)
+		quar_seen_add_locked(claim->sha, claim->m, id);
+	pthread_cond_broadcast(&quar_seen_cond);
 	pthread_mutex_unlock(&quar_seen_lock);
 }
 
@@ -489,11 +558,12 @@ static void quar_json(struct quar_buf *b, const char *id, time_t t,
 int quar_store(const char *dir, const struct quar_meta *m, const struct spool *sp,
                char id_r[QUAR_ID_MAX], char *err, size_t errlen)
 {
-	char id[QUAR_ID_MAX], eml[QUAR_NAME_MAX], json[QUAR_NAME_MAX];
+	char id[QUAR_ID_MAX] = "", eml[QUAR_NAME_MAX], json[QUAR_NAME_MAX];
 	char eml_tmp[QUAR_NAME_MAX], json_tmp[QUAR_NAME_MAX];
 	char hex[65];
 	struct quar_buf jb = {0};
-	int dfd, efd = -1, jfd = -1, tries, r = 0;
+	struct quar_pending claim;
+	int dfd, efd = -1, jfd = -1, tries, r = 0, claimed = 0;
 	int have_etmp = 0, have_jtmp = 0, have_eml = 0, have_json = 0;
 	const char *stage = "", *fname = "";
 	time_t t = time(NULL);
@@ -510,10 +580,11 @@ int quar_store(const char *dir, const struct quar_meta *m, const struct spool *s
 		stage = "read the message for";
 		goto fail;
 	}
-	if (quar_seen_find(dfd, hex, m, id_r != NULL ? id_r : id)) {
+	if (quar_seen_claim(dfd, hex, m, &claim, id_r != NULL ? id_r : id)) {
 		close(dfd);
 		return 1;
 	}
+	claimed = 1;
 
 	for (tries = 0; tries < QUAR_ID_TRIES; tries++) {
 		r = quar_new_id(t, id);
@@ -617,7 +688,7 @@ int quar_store(const char *dir, const struct quar_meta *m, const struct spool *s
 	}
 	close(dfd);
 	free(jb.p);
-	quar_seen_add(hex, m, id);
+	quar_seen_done(&claim, id);
 	if (id_r != NULL)
 		memcpy(id_r, id, QUAR_ID_MAX);
 	return 0;
@@ -640,5 +711,7 @@ fail:
 		fsync(dfd); /* best effort: the removals too should stick */
 	close(dfd);
 	free(jb.p);
+	if (claimed)
+		quar_seen_done(&claim, NULL);
 	return -1;
 }

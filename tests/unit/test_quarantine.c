@@ -580,6 +580,85 @@ START_TEST(same_message_stored_once)
 }
 END_TEST
 
+struct same_arg {
+	struct spool *sp;
+	pthread_barrier_t *go;
+	char id[QUAR_ID_MAX];
+	int r;
+};
+
+static void *same_main(void *p)
+{
+	struct same_arg *a = p;
+	char err[256];
+
+	pthread_barrier_wait(a->go);
+	a->r = quar_store(base, &meta, a->sp, a->id, err, sizeof(err));
+	return NULL;
+}
+
+START_TEST(concurrent_same_message_stored_once)
+{
+	/* several sessions of one user fetch the same new message at once
+	 * (Thunderbird's connections, two devices): one entry, one id */
+	size_t len = 300000;
+	char *data = sample(len);
+	struct spool *sp = mkspool(data, len, 4096);
+	struct same_arg args[8];
+	pthread_t tids[8];
+	pthread_barrier_t go;
+	int i, stored = 0, tmp;
+
+	pthread_barrier_init(&go, NULL, 8);
+	for (i = 0; i < 8; i++) {
+		args[i].sp = sp;
+		args[i].go = &go;
+		ck_assert_int_eq(pthread_create(&tids[i], NULL, same_main, &args[i]), 0);
+	}
+	for (i = 0; i < 8; i++)
+		pthread_join(tids[i], NULL);
+	for (i = 0; i < 8; i++) {
+		ck_assert(args[i].r == 0 || args[i].r == 1);
+		stored += args[i].r == 0;
+		ck_assert_str_eq(args[i].id, args[0].id);
+	}
+	ck_assert_int_eq(stored, 1);
+	ck_assert_int_eq(count_files(base, &tmp), 2);
+	ck_assert_int_eq(tmp, 0);
+	pthread_barrier_destroy(&go);
+	spool_unref(&sp);
+	free(data);
+}
+END_TEST
+
+START_TEST(refetched_message_stays_known)
+{
+	/* a message fetched again and again is not pushed out of the memory
+	 * of stored messages by 512 others quarantined meanwhile */
+	struct spool *sp = mkspool("fetched often\r\n", 15, 1024);
+	char id1[QUAR_ID_MAX], id2[QUAR_ID_MAX], err[256] = "";
+	int i, tmp;
+
+	ck_assert_int_eq(quar_store(base, &meta, sp, id1, err, sizeof(err)), 0);
+	for (i = 0; i < 600; i++) {
+		char body[64];
+		struct spool *o;
+
+		snprintf(body, sizeof(body), "other message %d\r\n", i);
+		o = mkspool(body, strlen(body), 1024);
+		ck_assert_int_eq(quar_store(base, &meta, o, NULL, err, sizeof(err)), 0);
+		spool_unref(&o);
+		if (i % 100 == 99) {
+			ck_assert_int_eq(
+			    quar_store(base, &meta, sp, id2, err, sizeof(err)), 1);
+			ck_assert_str_eq(id1, id2);
+		}
+	}
+	ck_assert_int_eq(count_files(base, &tmp), 2 * 601);
+	spool_unref(&sp);
+}
+END_TEST
+
 struct thread_arg {
 	struct spool *sp;
 	char ids[10][QUAR_ID_MAX];
@@ -731,6 +810,8 @@ static Suite *quarantine_suite(void)
 	tcase_add_test(tc, ids_unique);
 	tcase_add_test(tc, same_message_stored_once);
 	tcase_add_test(tc, concurrent_stores);
+	tcase_add_test(tc, concurrent_same_message_stored_once);
+	tcase_add_test(tc, refetched_message_stays_known);
 	tcase_add_test(tc, fail_missing_dir);
 	tcase_add_test(tc, fail_unwritable_dir);
 	tcase_add_test(tc, fail_write_midway);
