@@ -4,8 +4,11 @@
 #   bash deploy/test.sh
 #
 # Installs what it needs (apt-get), then:
+#   lint:    clang-tidy and cppcheck with the project's configuration
 #   build 1: gcc, RelWithDebInfo        -> ctest (unit, fuzz-smoke, integration)
-#   build 2: clang, ASan+UBSan, libFuzzer -> ctest (the same suites)
+#   build 2: clang, ASan+UBSan, libFuzzer -> ctest (unit, integration), then
+#            the 60-second libFuzzer run of every harness and the 5-minute
+#            load soak side by side
 # Exits non-zero on any failure. .ci/run calls exactly this script.
 set -euo pipefail
 
@@ -14,7 +17,8 @@ SRC=$(pwd)
 
 PACKAGES=(build-essential dpkg-dev cmake pkg-config libuv1-dev libssl-dev libclamav-dev check
           libyaml-dev libgmime-3.0-dev libsqlite3-dev libcurl4-openssl-dev dovecot-core dovecot-pop3d dovecot-imapd
-          clamav-testfiles python3 fetchmail curl isync clang libclang-rt-14-dev zip openssl nftables iproute2)
+          clamav-testfiles python3 fetchmail curl isync clang libclang-rt-14-dev zip openssl nftables iproute2
+          clang-tidy cppcheck util-linux)
 
 if [ "$(id -u)" -ne 0 ]; then
 	echo "test.sh: run as root (it installs packages and starts Dovecot)" >&2
@@ -26,6 +30,9 @@ fi
 T0=$(date +%s)
 echo "== installing packages"
 mm_install_packages "${PACKAGES[@]}"
+
+echo "== lint: clang-tidy, cppcheck"
+bash deploy/lint.sh build-lint
 
 echo "== build 1: gcc"
 cmake -S . -B build
@@ -53,6 +60,9 @@ rm -rf "$PROBE"
 echo "   LeakSanitizer: $([ "$LEAKS" = 1 ] && echo on || echo 'off (does not work here)')"
 export ASAN_OPTIONS="detect_leaks=$LEAKS:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-ctest --test-dir build-asan --output-on-failure
+ctest --test-dir build-asan --output-on-failure -LE 'fuzz-smoke|soak'
+# Time-bound runs, side by side on the 2 cores: the fuzzers (60 s each, two
+# at a time) and the soak (mixed POP3/IMAP clients for 5 minutes).
+ctest --test-dir build-asan --output-on-failure -L 'fuzz-smoke|soak' -j3
 
 echo "== all tests passed in both builds ($(($(date +%s) - T0)) s)"
