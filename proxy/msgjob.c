@@ -252,10 +252,11 @@ static void msgjob_scan(struct msgjob *job)
 		return;
 	}
 	memset(&h, 0, sizeof(h));
-	if (notice_read_headers(job->spool, &h) == 0)
+	sender[0] = '\0';
+	/* the header is parsed only when a sender list needs the From address */
+	if ((ps->sender_deny.n > 0 || ps->sender_allow.n > 0) &&
+	    notice_read_headers(job->spool, &h) == 0)
 		msgjob_sender(h.from, sender, sizeof(sender));
-	else
-		sender[0] = '\0';
 	notice_headers_free(&h);
 	if (sender[0] != '\0' && policy_sender_listed(&ps->sender_deny, sender))
 		msgjob_rule_verdict(&rule, SCAN_DENIED, "sender %s on sender_deny",
