@@ -328,10 +328,10 @@ def fmt(v, unit):
 
 # ----------------------------------------------------------- the benches ----
 
-def start_mailmoat(work, tag, dv, dbdir, scan):
+def start_mailmoat(work, tag, dv, dbdir, scan, limits=None):
     mm = h.Mailmoat(os.path.join(work, "mm-%s" % tag), [("pop3", dv.pop3_port), ("imap", dv.imap_port)],
                     database=dbdir, memory_limit="4M", log_level="info",
-                    policy=None if scan else {"scan": False})
+                    policy=None if scan else {"scan": False}, limits=limits)
     return mm.start(timeout=300)
 
 
@@ -416,6 +416,7 @@ def proc_cpu(pid):
 def scanning(tbl, label, work, dv, dbdir, users, rounds, direct_pop3, expect_mal, raw_threads):
     """Scan efficiency (all users at once) and latency hiding (user 0)."""
     par_t, raw_t, lat_t, raw1_t, mm_cpu, raw_cpu = [], [], [], [], [], []
+    lat0_t = []  # the same with limits.prefetch: 0 (what the prefetch hides)
     all_files = [f for u in users for f in corpus_files[u]]
     total_bytes = sum(corpus_bytes[u] for u in users)
     mal_ok = True
@@ -462,6 +463,14 @@ def scanning(tbl, label, work, dv, dbdir, users, rounds, direct_pop3, expect_mal
             lat_t.append(time.monotonic() - t0)
         finally:
             mm.stop()
+        mm = start_mailmoat(work, "%s-lat0-%d" % (label, r), dv, dbdir, scan=True,
+                            limits={"prefetch": 0})
+        try:
+            t0 = time.monotonic()
+            pop3_download(mm.port, users[0])
+            lat0_t.append(time.monotonic() - t0)
+        finally:
+            mm.stop()
         raw1_t.append(bench_scan(dbdir, 1, corpus_files[users[0]])["seconds"])
         log("%s scan round %d/%d: parallel %.2f s (cpu %.2f s), raw %.2f s (cpu %.2f s), "
             "serial %.2f s, raw1 %.2f s" % (label, r + 1, rounds, par_t[-1], mm_cpu[-1],
@@ -488,6 +497,9 @@ def scanning(tbl, label, work, dv, dbdir, users, rounds, direct_pop3, expect_mal
             "lower", note="max(direct, scan) = %.3f s" % max(direct_pop3, t1))
     tbl.add("%s.latency.mailmoat_vs_sum" % label, tl, "s", tl / (direct_pop3 + t1), None, None,
             None, note="direct + scan = %.3f s" % (direct_pop3 + t1))
+    t0 = median(lat0_t)
+    tbl.add("%s.latency.prefetch_off_vs_max" % label, t0, "s", t0 / max(direct_pop3, t1), None,
+            None, None, note="limits.prefetch: 0, the same client and mailbox")
 
 
 def concurrency(tbl, quick, work, timeout):
