@@ -162,6 +162,8 @@ struct pop3_session {
 	int close_after_flush; /* close once queued client output is written */
 	int in_run;            /* re-entrancy guard of p3_run */
 	int sasl;              /* the next client line is a SASL response */
+	int sasl_plain;        /* AUTH PLAIN without an initial response: the next
+	                          SASL line carries the authentication identity */
 	int authed;
 	int quit;            /* the client's QUIT was answered */
 	int client_tls_wait; /* client STLS answered: nothing more read until TLS */
@@ -830,6 +832,8 @@ static void p3_passthrough_status(struct pop3_session *s, struct p3_slot *sl,
 	}
 	if (sl->kind == P3K_AUTH || sl->kind == P3K_SASL) {
 		s->sasl = ev->status == POP3_ST_CONT;
+		if (!s->sasl)
+			s->sasl_plain = 0;
 		if (ev->status == POP3_ST_OK) {
 			s->authed = 1;
 			server_session_policy(&s->base, s->c.upstream_name, s->user);
@@ -1398,6 +1402,15 @@ static void p3_command(struct pop3_session *s, const struct pop3_cmd *cmd)
 		/* RFC 5034 section 4: a SASL response line; never logged */
 		s->sasl = 0;
 		kind = P3K_SASL;
+		if (s->sasl_plain) {
+			size_t n = cmd->line_len;
+
+			while (n > 0 &&
+			       (cmd->line[n - 1] == '\n' || cmd->line[n - 1] == '\r'))
+				n--;
+			s->sasl_plain = 0;
+			p3_user_from_plain(s, cmd->line, n);
+		}
 	} else if (strcmp(v, "RETR") == 0) {
 		kind = P3K_RETR;
 	} else if (strcmp(v, "TOP") == 0) {
@@ -1419,6 +1432,9 @@ static void p3_command(struct pop3_session *s, const struct pop3_cmd *cmd)
 		    strncasecmp(cmd->args, "PLAIN", 5) == 0)
 			p3_user_from_plain(s, sp + 1,
 			                   cmd->args_len - (size_t)(sp + 1 - cmd->args));
+		/* RFC 5034: the response may come after an empty "+ " instead */
+		s->sasl_plain =
+		    cmd->args_len == 5 && strncasecmp(cmd->args, "PLAIN", 5) == 0;
 	} else if (strcmp(v, "QUIT") == 0) {
 		kind = P3K_QUIT;
 		s->quit_sent = 1;

@@ -76,14 +76,22 @@ class Auth(ProxyCase):
             digest = hashlib.md5(ts + b"Wrong-Pass-123").hexdigest()
             self.assertTrue(c.cmd("APOP %s %s" % (u, digest)).startswith(b"-ERR"))
 
+    def sasl_logins(self, user):
+        return [e for e in self.proxy.log_events()
+                if e.get("method") == "sasl" and e.get("user") == user]
+
     def test_auth_plain_continuation(self):
+        """AUTH PLAIN, then the response after "+ " (curl, Thunderbird):
+        the user is learnt from it too (for the policy and the quarantine)."""
         u, pw = self.user("dave")
+        before = len(self.sasl_logins(u))
         with mh.RawPop3(self.proxy.port) as c:
             st = c.cmd("AUTH PLAIN")
             self.assertTrue(st.startswith(b"+ ") or st == b"+\r\n", st)
             st = c.cmd(base64.b64encode(b"\0" + u.encode() + b"\0" + pw.encode()).decode())
             self.assertTrue(st.startswith(b"+OK"), st)
             self.assertTransactionWorks(c)
+        self.assertEqual(len(self.sasl_logins(u)), before + 1)
 
     def test_auth_plain_initial_response(self):
         u, pw = self.user("dave")
