@@ -21,12 +21,14 @@ a network namespace a test made, on an address the test gave it there).
 import base64
 import datetime
 import email.utils
+import glob
 import hashlib
 import json
 import os
 import pwd
 import grp
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -993,8 +995,11 @@ def testsigs_dir():
 
 
 def binary_is_sanitized(path):
-    """True when the binary was built with AddressSanitizer (its memory
-    figures then say little)."""
+    """True when the binary was built with AddressSanitizer, or runs under
+    a MAILMOAT_WRAPPER such as valgrind (its memory figures then say
+    little: they are the sanitizer's or the tool's)."""
+    if os.environ.get("MAILMOAT_WRAPPER", "").strip():
+        return True
     try:
         with open(path, "rb") as f:
             while True:
@@ -1076,6 +1081,40 @@ def mailmoat_config_yaml(listeners, quarantine_dir, on_malicious="quarantine",
     return "\n".join(out) + "\n" + extra
 
 
+# MAILMOAT_WRAPPER: a command every Mailmoat runs its binary under, e.g.
+#   valgrind --tool=memcheck --error-exitcode=99 --leak-check=full
+#            --errors-for-leak-kinds=definite --suppressions=tests/valgrind.supp
+# "{workdir}" in it stands for the instance's work directory; when the
+# command names valgrind and no --log-file, the report goes to
+# WORKDIR/valgrind.PID.log (so mailmoat's own log stays parseable). Time-outs
+# of start() and stop() are multiplied by MAILMOAT_WRAPPER_SLOWDOWN
+# (default 20: memcheck runs about that much slower), and a non-zero exit
+# status (the wrapper's --error-exitcode) fails the test like any unclean
+# exit, with the wrapper's report on stderr.
+WRAPPER_SLOWDOWN = float(os.environ.get("MAILMOAT_WRAPPER_SLOWDOWN", "20"))
+# MAILMOAT_TIME_SCALE multiplies the socket time-outs of RawPop3 and RawImap
+# (a test's "answer within N s" deadline), for a slow mailmoat under
+# valgrind; 1 by default.
+TIME_SCALE = float(os.environ.get("MAILMOAT_TIME_SCALE", "1"))
+
+
+def wrapper_command(workdir):
+    """(argv prefix, glob of the wrapper's report files or None) from
+    MAILMOAT_WRAPPER for an instance whose work directory is workdir."""
+    w = os.environ.get("MAILMOAT_WRAPPER", "").strip()
+    if not w:
+        return [], None
+    argv = [a.replace("{workdir}", workdir) for a in shlex.split(w)]
+    log = None
+    for a in argv:
+        if a.startswith("--log-file="):
+            log = re.sub(r"%p", "*", a[len("--log-file="):])
+    if log is None and os.path.basename(argv[0]) == "valgrind":
+        argv.insert(1, "--log-file=" + os.path.join(workdir, "valgrind.%p.log"))
+        log = os.path.join(workdir, "valgrind.*.log")
+    return argv, log
+
+
 class Mailmoat:
     """One mailmoat process on a free port in front of an upstream.
 
@@ -1114,17 +1153,25 @@ class Mailmoat:
         self.stop_seconds = None
         self.stopped = False          # stop() was called (not a crash)
         self.term_sent_at = None
+        self.wrapper, self.wrapper_log = wrapper_command(self.workdir)
 
     def start(self, timeout=30.0, env=None):
         e = dict(os.environ)
         e.update(env or {})
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([self.binary, "--config", self.config_path],
+        self.proc = subprocess.Popen(self.wrapper + [self.binary, "--config", self.config_path],
                                      stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=self._log, env=e)
+        if self.wrapper:
+            timeout *= WRAPPER_SLOWDOWN
         try:
             for p in self.ports + ([self.metrics_port] if self.metrics_port else []):
                 wait_port(p, timeout, self.proc, what="mailmoat")
+                # a slow start (a wrapper) leaves time for another process to
+                # take a picked port: make sure the listener is this one's
+                if not self._owns_listener(p):
+                    raise RuntimeError("port %d listens, but not in mailmoat (pid %d): "
+                                       "taken by another process" % (p, self.proc.pid))
         except RuntimeError as ex:
             self.stop()
             raise RuntimeError("%s\n--- mailmoat log ---\n%s" % (ex, self.log_text()[-4000:]))
@@ -1133,6 +1180,30 @@ class Mailmoat:
     @property
     def pid(self):
         return self.proc.pid if self.proc else None
+
+    def _owns_listener(self, port):
+        """Whether the socket LISTENing on 127.0.0.1:port (or *:port) is one
+        of this process's descriptors (True when /proc cannot tell)."""
+        want = ("%s:%04X" % ("".join("%02X" % int(b) for b in reversed(HOST.split("."))), port),
+                "00000000:%04X" % port)
+        inodes = set()
+        try:
+            with open("/proc/net/tcp") as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[1] in want and parts[3] == "0A":
+                        inodes.add("socket:[%s]" % parts[9])
+            fds = os.listdir("/proc/%d/fd" % self.proc.pid)
+        except OSError:
+            return True
+        for fd in fds:
+            try:
+                if os.readlink("/proc/%d/fd/%s" % (self.proc.pid, fd)) in inodes:
+                    return True
+            except OSError:
+                pass
+        return not inodes
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -1168,6 +1239,8 @@ class Mailmoat:
         status; kills with SIGKILL (and returns None) after timeout."""
         if self.proc is None:
             return self.returncode
+        if self.wrapper:
+            timeout *= WRAPPER_SLOWDOWN
         if self.proc.poll() is None:
             self.stopped = True
             if self.term_sent_at is None:
@@ -1184,7 +1257,26 @@ class Mailmoat:
                 return None
         self.returncode = self.proc.returncode
         self._close_log()
+        self._report_wrapper()
         return self.returncode
+
+    def _report_wrapper(self):
+        """Under a wrapper (MAILMOAT_WRAPPER), an exit status other than 0
+        (valgrind's --error-exitcode: a memcheck error) shows the wrapper's
+        report on stderr, so that the failing test's output carries it."""
+        if not self.wrapper or self.returncode in (0, None) or getattr(self, "_reported", False):
+            return
+        self._reported = True
+        for path in sorted(glob.glob(self.wrapper_log)) if self.wrapper_log else []:
+            try:
+                with open(path, errors="replace") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            if len(text) > 12000:       # the first errors and the summary
+                text = text[:8000] + "\n[...]\n" + text[-4000:]
+            sys.stderr.write("--- %s (mailmoat exit status %s) ---\n%s\n"
+                             % (path, self.returncode, text))
 
     def _close_log(self):
         if getattr(self, "_log", None):
@@ -1285,6 +1377,7 @@ class RawPop3:
     from the first byte (POP3S), sending server_hostname as SNI."""
 
     def __init__(self, port, host=HOST, timeout=60.0, tls=None, server_hostname=None):
+        timeout = timeout * TIME_SCALE if timeout else timeout
         if tls is not None:
             self.sock = tls_connect(port, tls, server_hostname or host, host, timeout)
         else:
@@ -1513,6 +1606,7 @@ class RawImap:
 
     def __init__(self, port, host=HOST, timeout=60.0, max_literal=1 << 30, tls=None,
                  server_hostname=None):
+        timeout = timeout * TIME_SCALE if timeout else timeout
         if tls is not None:
             self.sock = tls_connect(port, tls, server_hostname or host, host, timeout)
         else:
