@@ -1056,6 +1056,21 @@ static void im_fetch_resolved(struct imap_session *s, struct im_capture *cp,
 static int im_scan(struct imap_session *s, struct im_capture *cp, uint32_t uid);
 
 /*
+ * A waiter whose scan by another session brought no usable verdict scans
+ * the message itself; when even that cannot start, the capture goes out
+ * without a verdict (withheld).
+ */
+static void im_scan_self(struct imap_session *s, struct im_capture *cp, uint32_t uid)
+{
+	if (im_scan(s, cp, uid) < 0) {
+		cp->verdict = 0;
+		cp->state = IMS_READY;
+		if (cp->own && s->own_scans > 0)
+			s->own_scans--;
+	}
+}
+
+/*
  * The scan of key finished in some session (its verdict, if final, is in
  * the cache): every session waiting for it goes on, or scans itself when
  * no verdict came of it.
@@ -1083,14 +1098,10 @@ static void im_inflight_done(struct server *srv, const char *key,
 			continue;
 		const struct vcache_entry *e = vcache_get(srv->vcache, k, db_version);
 
-		if (e != NULL && (e->result == SCAN_CLEAN || e->notice != NULL)) {
+		if (e != NULL && (e->result == SCAN_CLEAN || e->notice != NULL))
 			im_fetch_resolved(s2, cp, e);
-		} else if (im_scan(s2, cp, k->uid) < 0) {
-			cp->verdict = 0;
-			cp->state = IMS_READY;
-			if (cp->own && s2->own_scans > 0)
-				s2->own_scans--;
-		}
+		else
+			im_scan_self(s2, cp, k->uid);
 		im_run(s2);
 	}
 	free(f);
@@ -1125,12 +1136,7 @@ static void im_inflight_orphans(struct imap_session *s)
 			free(w);
 			if (cp == NULL)
 				continue;
-			if (im_scan(s2, cp, f->uid) < 0) {
-				cp->verdict = 0;
-				cp->state = IMS_READY;
-				if (cp->own && s2->own_scans > 0)
-					s2->own_scans--;
-			}
+			im_scan_self(s2, cp, f->uid);
 			im_run(s2);
 		}
 		free(f);

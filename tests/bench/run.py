@@ -413,6 +413,18 @@ def proc_cpu(pid):
     return (int(w[11]) + int(w[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def serial_download(work, tag, dv, dbdir, user, limits=None):
+    """Seconds one serial POP3 client takes for user's mailbox through a
+    fresh mailmoat with scanning."""
+    mm = start_mailmoat(work, tag, dv, dbdir, scan=True, limits=limits)
+    try:
+        t0 = time.monotonic()
+        pop3_download(mm.port, user)
+        return time.monotonic() - t0
+    finally:
+        mm.stop()
+
+
 def scanning(tbl, label, work, dv, dbdir, users, rounds, direct_pop3, expect_mal, raw_threads):
     """Scan efficiency (all users at once) and latency hiding (user 0)."""
     par_t, raw_t, lat_t, raw1_t, mm_cpu, raw_cpu = [], [], [], [], [], []
@@ -455,22 +467,11 @@ def scanning(tbl, label, work, dv, dbdir, users, rounds, direct_pop3, expect_mal
         if int(b["malicious"]) != expect_mal * len(users) or int(b["errors"]):
             mal_ok = False
             log("%s: bench_scan found %d malicious, %d errors" % (label, b["malicious"], b["errors"]))
-        # latency hiding: one serial client, a fresh mailmoat (cold cache)
-        mm = start_mailmoat(work, "%s-lat%d" % (label, r), dv, dbdir, scan=True)
-        try:
-            t0 = time.monotonic()
-            pop3_download(mm.port, users[0])
-            lat_t.append(time.monotonic() - t0)
-        finally:
-            mm.stop()
-        mm = start_mailmoat(work, "%s-lat0-%d" % (label, r), dv, dbdir, scan=True,
-                            limits={"prefetch": 0})
-        try:
-            t0 = time.monotonic()
-            pop3_download(mm.port, users[0])
-            lat0_t.append(time.monotonic() - t0)
-        finally:
-            mm.stop()
+        # latency hiding: one serial client, a fresh mailmoat (cold cache),
+        # with the default prefetch and with none
+        lat_t.append(serial_download(work, "%s-lat%d" % (label, r), dv, dbdir, users[0]))
+        lat0_t.append(serial_download(work, "%s-lat0-%d" % (label, r), dv, dbdir, users[0],
+                                      limits={"prefetch": 0}))
         raw1_t.append(bench_scan(dbdir, 1, corpus_files[users[0]])["seconds"])
         log("%s scan round %d/%d: parallel %.2f s (cpu %.2f s), raw %.2f s (cpu %.2f s), "
             "serial %.2f s, raw1 %.2f s" % (label, r + 1, rounds, par_t[-1], mm_cpu[-1],

@@ -110,6 +110,22 @@ class _FakeServer:
             except OSError:
                 pass
 
+    def _greet(self, conn, status, greeting):
+        """Sends the greeting, or its armed fault (silent, junk, overlong).
+        False when the session ends there (stalled)."""
+        g = self._fault("greeting")
+        if g == "silent":
+            self._stall()
+            return False
+        if g == "junk":
+            conn.sendall(b"\x00\xff\x13junk\x00\r\r\n" * 64)
+        elif g == "overlong":
+            conn.sendall(status + b" " + b"G" * (4 << 20))
+            self._stall()
+            return False
+        conn.sendall(greeting)
+        return True
+
     def _stall(self):
         self.stop_ev.wait(STALL_SECONDS)
 
@@ -184,17 +200,8 @@ class FakePop3(_FakeServer):
         return True
 
     def _serve(self, conn, f):
-        g = self._fault("greeting")
-        if g == "silent":
-            self._stall()
+        if not self._greet(conn, b"+OK", b"+OK fake POP3 ready <1896.697170952@fake.example>\r\n"):
             return
-        if g == "junk":
-            conn.sendall(b"\x00\xff\x13junk\x00\r\r\n" * 64)
-        elif g == "overlong":
-            conn.sendall(b"+OK " + b"G" * (4 << 20))
-            self._stall()
-            return
-        conn.sendall(b"+OK fake POP3 ready <1896.697170952@fake.example>\r\n")
         while not self.stop_ev.is_set():
             line = f.readline(1 << 16)
             if not line:
@@ -317,17 +324,9 @@ class FakeImap(_FakeServer):
         return out
 
     def _serve(self, conn, f):
-        g = self._fault("greeting")
-        if g == "silent":
-            self._stall()
+        if not self._greet(conn, b"* OK",
+                           b"* OK [CAPABILITY IMAP4rev1 LITERAL+ UIDPLUS] fake IMAP ready\r\n"):
             return
-        if g == "junk":
-            conn.sendall(b"\x00\xff\x13junk\x00\r\r\n" * 64)
-        elif g == "overlong":
-            conn.sendall(b"* OK " + b"G" * (4 << 20))
-            self._stall()
-            return
-        conn.sendall(b"* OK [CAPABILITY IMAP4rev1 LITERAL+ UIDPLUS] fake IMAP ready\r\n")
         while not self.stop_ev.is_set():
             line = f.readline(1 << 16)
             if not line:
@@ -538,10 +537,13 @@ class NsMailmoat(mh.Mailmoat):
         self._log = open(self.log_path, "ab")
         script = ('mount -t tmpfs -o size=%s,mode=0700 mailmoat-quarantine "$1" && '
                   'shift && exec "$@"' % self.tmpfs_size)
+        # under MAILMOAT_WRAPPER (valgrind) the daemon runs wrapped here too
         self.proc = subprocess.Popen(
             ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh",
-             self.quarantine_dir, self.binary, "--config", self.config_path],
+             self.quarantine_dir] + self.wrapper + [self.binary, "--config", self.config_path],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, env=e)
+        if self.wrapper:
+            timeout *= mh.WRAPPER_SLOWDOWN
         try:
             for p in self.ports:
                 mh.wait_port(p, timeout, self.proc, what="mailmoat")
