@@ -28,8 +28,9 @@ struct vcache {
 	struct vc_node **buckets;
 	size_t nbuckets; /* power of two */
 	size_t count, max;
-	struct vc_node *lru_head; /* most recent */
-	struct vc_node *lru_tail; /* least recent */
+	uint64_t notice_bytes, max_notice_bytes; /* octets of the notices held */
+	struct vc_node *lru_head;                /* most recent */
+	struct vc_node *lru_tail;                /* least recent */
 };
 
 struct vcache *vcache_new(size_t max_entries)
@@ -39,6 +40,7 @@ struct vcache *vcache_new(size_t max_entries)
 	if (c == NULL)
 		return NULL;
 	c->max = max_entries > 0 ? max_entries : 1;
+	c->max_notice_bytes = VCACHE_NOTICE_BYTES;
 	c->nbuckets = 16;
 	while (c->nbuckets < 2 * c->max)
 		c->nbuckets *= 2;
@@ -147,7 +149,40 @@ static void vc_remove(struct vcache *c, struct vc_node *n)
 	*pp = n->hnext;
 	vc_lru_unlink(c, n);
 	c->count--;
+	if (n->e.notice != NULL)
+		c->notice_bytes -= spool_size(n->e.notice);
 	vc_node_free(n);
+}
+
+/*
+ * The notices are padded to their original's size and may be held by the
+ * cache for a long time: past max_notice_bytes in all, the least recently
+ * used entries with a notice go (keep is the one just stored). A message
+ * whose entry went is scanned again when fetched; its quarantine entry is
+ * found, not stored twice.
+ */
+static void vc_trim_notices(struct vcache *c, const struct vc_node *keep)
+{
+	struct vc_node *n = c->lru_tail;
+
+	while (n != NULL && c->notice_bytes > c->max_notice_bytes) {
+		struct vc_node *prev = n->lru_prev;
+
+		if (n != keep && n->e.notice != NULL)
+			vc_remove(c, n);
+		n = prev;
+	}
+}
+
+void vcache_set_notice_limit(struct vcache *c, uint64_t bytes)
+{
+	c->max_notice_bytes = bytes;
+	vc_trim_notices(c, NULL);
+}
+
+uint64_t vcache_notice_bytes(const struct vcache *c)
+{
+	return c->notice_bytes;
 }
 
 static struct vc_node *vc_find(struct vcache *c, const char *kstr, size_t klen,
@@ -198,12 +233,17 @@ int vcache_put(struct vcache *c, const struct vcache_key *k, const struct vcache
 	n = vc_find(c, kstr, klen, h, k);
 	if (n != NULL) {
 		free(kstr);
+		if (n->e.notice != NULL)
+			c->notice_bytes -= spool_size(n->e.notice);
 		spool_unref(&n->e.notice);
 		n->e = *e;
-		if (n->e.notice != NULL)
+		if (n->e.notice != NULL) {
 			spool_ref(n->e.notice);
+			c->notice_bytes += spool_size(n->e.notice);
+		}
 		vc_lru_unlink(c, n);
 		vc_lru_push(c, n);
+		vc_trim_notices(c, n);
 		return 0;
 	}
 	n = calloc(1, sizeof(*n));
@@ -219,12 +259,15 @@ int vcache_put(struct vcache *c, const struct vcache_key *k, const struct vcache
 	n->kstr = kstr;
 	n->klen = klen;
 	n->e = *e;
-	if (n->e.notice != NULL)
+	if (n->e.notice != NULL) {
 		spool_ref(n->e.notice);
+		c->notice_bytes += spool_size(n->e.notice);
+	}
 	n->hnext = c->buckets[h & (c->nbuckets - 1)];
 	c->buckets[h & (c->nbuckets - 1)] = n;
 	vc_lru_push(c, n);
 	c->count++;
+	vc_trim_notices(c, n);
 	return 0;
 }
 

@@ -44,6 +44,15 @@ struct vcache_entry {
 /* A cache of at most max_entries (at least 1). NULL on allocation failure. */
 struct vcache *vcache_new(size_t max_entries);
 
+/*
+ * Notices are as large as the messages they stand in for: the cache holds
+ * at most this many octets of them (VCACHE_NOTICE_BYTES by default),
+ * dropping the least recently used entries that have one beyond it.
+ */
+#define VCACHE_NOTICE_BYTES (64ull << 20)
+void vcache_set_notice_limit(struct vcache *c, uint64_t bytes);
+uint64_t vcache_notice_bytes(const struct vcache *c);
+
 /* Frees the cache and its references; NULLs *cp. */
 void vcache_free(struct vcache **cp);
 

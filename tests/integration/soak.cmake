@@ -14,7 +14,8 @@ if(MAILMOAT_SANITIZE)
   add_test(NAME it_soak
     COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/integration/soak.py
             --seconds ${MAILMOAT_SOAK_SECONDS})
-  set_tests_properties(it_soak PROPERTIES LABELS soak TIMEOUT ${_soak_timeout}
+  # COST: with ctest -j it starts first, beside the fuzzers, not after them
+  set_tests_properties(it_soak PROPERTIES LABELS soak TIMEOUT ${_soak_timeout} COST 10000
     ENVIRONMENT "${IT_ENV}")
 endif()
 

@@ -103,6 +103,50 @@ START_TEST(test_new_database_means_rescan)
 }
 END_TEST
 
+/* Notices in all past the limit: the least recently used entries with one go. */
+START_TEST(test_notice_bytes_bounded)
+{
+	struct vcache *c = vcache_new(100);
+	struct vcache_entry clean = entry(SCAN_CLEAN, "", 1);
+	char blk[1000];
+
+	memset(blk, ' ', sizeof(blk));
+	vcache_set_notice_limit(c, 5000);
+	for (uint32_t uid = 1; uid <= 10; uid++) {
+		struct vcache_key k = key("u", "INBOX", 1, uid);
+		struct vcache_entry e = entry(SCAN_INFECTED, "x", 1);
+		struct spool *n = spool_new(4096, NULL, 0);
+
+		spool_append(n, blk, sizeof(blk));
+		spool_freeze(n);
+		e.notice = n;
+		ck_assert_int_eq(vcache_put(c, &k, &e), 0);
+		spool_unref(&n);
+		ck_assert_uint_le(vcache_notice_bytes(c), 5000);
+	}
+	/* a clean entry (no notice) in between is never dropped for this */
+	struct vcache_key kc = key("u", "INBOX", 1, 100);
+	ck_assert_int_eq(vcache_put(c, &kc, &clean), 0);
+	ck_assert_uint_eq(vcache_notice_bytes(c), 5000);
+	ck_assert_uint_eq(vcache_count(c), 6);
+	/* the five most recent notices stay, the older ones went */
+	for (uint32_t uid = 1; uid <= 10; uid++) {
+		struct vcache_key k = key("u", "INBOX", 1, uid);
+
+		if (uid <= 5)
+			ck_assert_ptr_null(vcache_get(c, &k, 1));
+		else
+			ck_assert_ptr_nonnull(vcache_get(c, &k, 1));
+	}
+	ck_assert_ptr_nonnull(vcache_get(c, &kc, 1));
+	/* a lower limit applies at once */
+	vcache_set_notice_limit(c, 0);
+	ck_assert_uint_eq(vcache_notice_bytes(c), 0);
+	ck_assert_uint_eq(vcache_count(c), 1);
+	vcache_free(&c);
+}
+END_TEST
+
 START_TEST(test_notice_references)
 {
 	struct vcache *c = vcache_new(1);
@@ -146,6 +190,7 @@ int main(void)
 	tcase_add_test(tc, test_hit_and_distinct_keys);
 	tcase_add_test(tc, test_lru_eviction);
 	tcase_add_test(tc, test_new_database_means_rescan);
+	tcase_add_test(tc, test_notice_bytes_bounded);
 	tcase_add_test(tc, test_notice_references);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
