@@ -9,6 +9,8 @@
  */
 #include "proxy/vcache.h"
 
+#include <assert.h>
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -126,6 +128,8 @@ static void vc_lru_unlink(struct vcache *c, struct vc_node *n)
 	else
 		c->lru_tail = n->lru_prev;
 	n->lru_prev = n->lru_next = NULL;
+	/* the list is consistent: n is neither end any more */
+	assert(c->lru_head != n && c->lru_tail != n);
 }
 
 static void vc_lru_push(struct vcache *c, struct vc_node *n)
