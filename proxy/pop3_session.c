@@ -1193,6 +1193,26 @@ static void p3_spec_prune(struct pop3_session *s)
 }
 
 /*
+ * Learns message n's UIDL (RFC 1939 section 7) for the log and the
+ * quarantine, with one pipelined command of our own, once. Returns -1 when
+ * the session is closing (out of memory).
+ */
+static int p3_probe_uidl(struct pop3_session *s, struct p3_msg *m, unsigned long n)
+{
+	char line[40];
+	int ll;
+
+	if (m->uidl[0] != '\0' || m->uidl_asked)
+		return 0;
+	if (p3_slot_add(s, P3K_PROBE) == NULL)
+		return -1;
+	m->uidl_asked = 1;
+	ll = snprintf(line, sizeof(line), "UIDL %lu\r\n", n);
+	p3_write(s, 0, line, (size_t)ll);
+	return 0;
+}
+
+/*
  * After the client's RETR of message k: fetch the next messages it has
  * not retrieved or deleted, up to limits.prefetch of them, when the
  * server pipelines (RFC 2449 section 6.6) and the message count is known.
@@ -1214,15 +1234,8 @@ static void p3_prefetch(struct pop3_session *s, unsigned long k)
 		if (m == NULL || m->spec != NULL || m->retrieved || m->deleted ||
 		    m->known != 0 || m->list_size > cfg->spool_max_message_size)
 			continue;
-		if (m->uidl[0] == '\0' && !m->uidl_asked) {
-			struct p3_slot *probe = p3_slot_add(s, P3K_PROBE);
-
-			if (probe == NULL)
-				return;
-			m->uidl_asked = 1;
-			ll = snprintf(line, sizeof(line), "UIDL %lu\r\n", j);
-			p3_write(s, 0, line, (size_t)ll);
-		}
+		if (p3_probe_uidl(s, m, j) < 0)
+			return;
 		sl = p3_slot_add(s, P3K_RETR);
 		if (sl == NULL)
 			return;
@@ -1497,20 +1510,8 @@ static void p3_command(struct pop3_session *s, const struct pop3_cmd *cmd)
 	if ((kind == P3K_RETR || kind == P3K_TOP) && s->authed && nargs >= 1) {
 		struct p3_msg *m = p3_msg(s, n1);
 
-		/*
-		 * Learn the message's UIDL (RFC 1939 section 7) for the log and
-		 * the quarantine, with one pipelined command of our own, once.
-		 */
-		if (m != NULL && m->uidl[0] == '\0' && !m->uidl_asked) {
-			struct p3_slot *probe = p3_slot_add(s, P3K_PROBE);
-			char line[32];
-			int ll = snprintf(line, sizeof(line), "UIDL %lu\r\n", n1);
-
-			if (probe == NULL)
-				return;
-			m->uidl_asked = 1;
-			p3_write(s, 0, line, (size_t)ll);
-		}
+		if (m != NULL && p3_probe_uidl(s, m, n1) < 0)
+			return;
 	}
 	sl = p3_slot_add(s, kind);
 	if (sl == NULL)
