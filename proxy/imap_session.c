@@ -1822,6 +1822,7 @@ static int im_capture_event(struct imap_session *s, const struct imap_event *ev)
 				im_close(s, "out of memory");
 				return -1;
 			}
+			spool_expect(pt->spool, ev->literal_size);
 			im_part_describe(pt, cp->next_attr ? &cp->next_item : NULL,
 			                 cp->next_name);
 			cp->next_attr = 0;
@@ -2424,6 +2425,7 @@ static void im_append_event(struct imap_session *s, const struct imap_event *ev)
 			im_close(s, "out of memory");
 			return;
 		}
+		spool_expect(pt->spool, ev->literal_size);
 		a->cap.lit = pt;
 		/* the proxy takes the message itself, so it answers the "+" */
 		if (!ev->nonsync)

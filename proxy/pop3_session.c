@@ -814,6 +814,10 @@ static void p3_answer_begin(struct pop3_session *s, struct p3_slot *sl)
 		sl->spool = spool_new((size_t)cfg->spool_memory_limit, cfg->spool_dir,
 		                      sl->kind == P3K_CAPA ? P3_CAPA_MAX
 		                                           : cfg->spool_max_message_size);
+		/* a whole message whose LIST size the session saw: one allocation */
+		if (sl->spool != NULL && sl->msgno != 0 && sl->msgno < s->nmsgs &&
+		    (sl->kind == P3K_RETR || sl->upstream_retr))
+			spool_expect(sl->spool, s->msgs[sl->msgno].list_size);
 	}
 }
 

@@ -193,6 +193,30 @@ int spool_append(struct spool *sp, const void *data, size_t len)
 	return 0;
 }
 
+void spool_expect(struct spool *sp, uint64_t size)
+{
+	char *nb;
+
+	if (sp->frozen || sp->err < 0 || sp->fd >= 0 || sp->size != 0 || size == 0 ||
+	    (sp->max_size != 0 && size > sp->max_size))
+		return;
+	if (size > sp->mem_limit) {
+		if (spool_spill(sp) < 0 && sp->fd >= 0) {
+			close(sp->fd); /* cannot happen with nothing to write; stay in
+			                  memory */
+			sp->fd = -1;
+		}
+		return;
+	}
+	if (size <= sp->mem_cap)
+		return;
+	nb = realloc(sp->mem, (size_t)size);
+	if (nb != NULL) {
+		sp->mem = nb;
+		sp->mem_cap = (size_t)size;
+	}
+}
+
 int spool_freeze(struct spool *sp)
 {
 	int r = sp->err < 0 ? sp->err : spool_flush(sp);

@@ -35,6 +35,16 @@ struct spool *spool_new(size_t mem_limit, const char *tmpdir, uint64_t max_size)
 int spool_append(struct spool *sp, const void *data, size_t len);
 
 /*
+ * Tells an empty spool how many bytes are coming (an IMAP literal's size, a
+ * POP3 LIST size), so that it takes them in one allocation rather than by
+ * doubling, or goes to its file at once when they will not fit in memory.
+ * Only a hint: more or fewer bytes may follow, and nothing changes when the
+ * spool already holds bytes, when size passes max_size, or when the
+ * allocation or the file fails (the appends then take their usual path).
+ */
+void spool_expect(struct spool *sp, uint64_t size);
+
+/*
  * Marks the spool complete and read-only; flushes pending file writes.
  * Returns 0, or the negative errno of any write that failed since creation
  * (such a failure also makes every later spool_append fail): a spool whose

@@ -5,8 +5,8 @@
  * mem_limit inclusive, an unlinked temp file past it), content read back
  * through spool_pread after spool_freeze in odd-sized pieces, the max_size
  * cap (-EFBIG, spool_overflowed, later appends dropped), append after
- * freeze, reference counting, a bad temp directory, concurrent readers, and
- * a spill whose write fails half-way.
+ * freeze, reference counting, a bad temp directory, concurrent readers, a
+ * spill whose write fails half-way, and the size hint (spool_expect).
  *
  * Every test spills into its own fresh directory and removes it at the end:
  * rmdir fails if a spill file was left behind, so that checks the unlink.
@@ -485,6 +485,106 @@ START_TEST(test_spill_write_failure)
 }
 END_TEST
 
+/*
+ * spool_expect below the memory bound: the content lands in one block that
+ * never moves (without the hint it grows by doubling from 4 KiB), and a
+ * wrong hint either way still gives the exact content.
+ */
+START_TEST(test_expect_memory)
+{
+	struct spool *sp = spool_new(1 << 20, tmpdir, 0);
+	const void *at;
+	uint64_t off;
+
+	ck_assert_ptr_nonnull(sp);
+	spool_expect(sp, 700000);
+	at = spool_mem(sp);
+	ck_assert_int_eq(spool_fd(sp), -1);
+	for (off = 0; off < 700000; off += 3500)
+		append_pat(sp, off, 3500, 0);
+	ck_assert_ptr_eq(spool_mem(sp), at);
+	ck_assert_int_eq(spool_freeze(sp), 0);
+	ck_assert_int_eq(spool_fd(sp), -1);
+	check_content(sp, 700000, 4093);
+	spool_unref(&sp);
+
+	/* hint too small: the usual growth takes over */
+	sp = spool_new(1 << 20, tmpdir, 0);
+	spool_expect(sp, 1000);
+	append_pat(sp, 0, 500, 0);
+	append_pat(sp, 500, 90000, 0);
+	ck_assert_int_eq(spool_freeze(sp), 0);
+	check_content(sp, 90500, 777);
+	spool_unref(&sp);
+
+	/* hint too large (still within memory): fewer bytes are fine */
+	sp = spool_new(1 << 20, tmpdir, 0);
+	spool_expect(sp, 900000);
+	append_pat(sp, 0, 10, 0);
+	ck_assert_int_eq(spool_freeze(sp), 0);
+	ck_assert_uint_eq(spool_size(sp), 10);
+	check_content(sp, 10, 3);
+	spool_unref(&sp);
+}
+END_TEST
+
+/* spool_expect past the memory bound: straight to the file, no memory copy. */
+START_TEST(test_expect_file)
+{
+	struct spool *sp = spool_new(4096, tmpdir, 0);
+
+	ck_assert_ptr_nonnull(sp);
+	spool_expect(sp, 5000);
+	ck_assert_int_ge(spool_fd(sp), 0);
+	append_pat(sp, 0, 100, 0);
+	append_pat(sp, 100, 4900, 0);
+	ck_assert_int_eq(spool_freeze(sp), 0);
+	check_content(sp, 5000, 999);
+	spool_unref(&sp);
+
+	/* fewer bytes than announced: still a correct (file) spool */
+	sp = spool_new(4096, tmpdir, 0);
+	spool_expect(sp, 1 << 20);
+	append_pat(sp, 0, 20, 0);
+	ck_assert_int_eq(spool_freeze(sp), 0);
+	check_content(sp, 20, 7);
+	spool_unref(&sp);
+}
+END_TEST
+
+/* The hint changes nothing once bytes are held, past max_size, after freeze. */
+START_TEST(test_expect_ignored)
+{
+	struct spool *sp = spool_new(4096, tmpdir, 1000);
+
+	ck_assert_ptr_nonnull(sp);
+	spool_expect(sp, 5000); /* past max_size: the append overflows as before */
+	ck_assert_int_eq(spool_fd(sp), -1);
+	append_pat(sp, 0, 1001, -EFBIG);
+	ck_assert(spool_overflowed(sp));
+	spool_unref(&sp);
+
+	sp = spool_new(4096, tmpdir, 0);
+	append_pat(sp, 0, 10, 0);
+	spool_expect(sp, 8000); /* not empty: no early spill */
+	ck_assert_int_eq(spool_fd(sp), -1);
+	append_pat(sp, 10, 90, 0);
+	ck_assert_int_eq(spool_freeze(sp), 0);
+	spool_expect(sp, 8000);
+	ck_assert_int_eq(spool_fd(sp), -1);
+	check_content(sp, 100, 9);
+	spool_unref(&sp);
+
+	/* a spill directory that does not exist: stays in memory, appends report */
+	sp = spool_new(16, "/nonexistent/mm-spool", 0);
+	spool_expect(sp, 100);
+	ck_assert_int_eq(spool_fd(sp), -1);
+	append_pat(sp, 0, 10, 0);
+	ck_assert_int_lt(spool_append(sp, "0123456789", 10), 0);
+	spool_unref(&sp);
+}
+END_TEST
+
 static Suite *spool_suite(void)
 {
 	Suite *s = suite_create("spool");
@@ -507,6 +607,9 @@ static Suite *spool_suite(void)
 	tcase_add_test(tc, test_default_tmpdir);
 	tcase_add_test(tc, test_concurrent_readers);
 	tcase_add_test(tc, test_spill_write_failure);
+	tcase_add_test(tc, test_expect_memory);
+	tcase_add_test(tc, test_expect_file);
+	tcase_add_test(tc, test_expect_ignored);
 	suite_add_tcase(s, tc);
 	return s;
 }
