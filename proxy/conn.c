@@ -92,6 +92,15 @@ static int conn_leg_buf(struct conn_leg *leg)
 	return leg->buf != NULL ? 0 : UV_ENOBUFS;
 }
 
+/* Frees a leg's on-demand input buffer (a caller's buffer is not the leg's). */
+static void conn_leg_buf_drop(struct conn_leg *leg)
+{
+	if (leg->own_buf && leg->buf != NULL) {
+		conn_buf_free(leg->buf, leg->cap);
+		leg->buf = NULL;
+	}
+}
+
 /*
  * Frees what an idle leg does not need: its on-demand input buffer once
  * empty and quiet for CONN_TRIM_MS, and the ciphertext read buffer after
@@ -101,10 +110,8 @@ static void conn_leg_trim(struct conn_pair *p, struct conn_leg *leg)
 {
 	if (leg->delivering || conn_now(p) - leg->last_ms < CONN_TRIM_MS)
 		return;
-	if (leg->own_buf && leg->len == 0 && leg->buf != NULL) {
-		conn_buf_free(leg->buf, leg->cap);
-		leg->buf = NULL;
-	}
+	if (leg->len == 0)
+		conn_leg_buf_drop(leg);
 	if (leg->cbuf != NULL && leg->tls_up && leg->hello == NULL) {
 		free(leg->cbuf);
 		leg->cbuf = NULL;
@@ -656,14 +663,8 @@ static void conn_release(struct conn_pair *p)
 		return;
 	conn_tls_free(&p->client);
 	conn_tls_free(&p->upstream);
-	if (p->client.own_buf) {
-		conn_buf_free(p->client.buf, p->client.cap);
-		p->client.buf = NULL;
-	}
-	if (p->upstream.own_buf) {
-		conn_buf_free(p->upstream.buf, p->upstream.cap);
-		p->upstream.buf = NULL;
-	}
+	conn_leg_buf_drop(&p->client);
+	conn_leg_buf_drop(&p->upstream);
 	p->ops->freed(p);
 }
 
