@@ -201,11 +201,9 @@ void spool_expect(struct spool *sp, uint64_t size)
 	    (sp->max_size != 0 && size > sp->max_size))
 		return;
 	if (size > sp->mem_limit) {
-		if (spool_spill(sp) < 0 && sp->fd >= 0) {
-			close(sp->fd); /* cannot happen with nothing to write; stay in
-			                  memory */
-			sp->fd = -1;
-		}
+		/* nothing to write yet: only creating the file can fail, and the
+		 * appends then meet that error on their usual path */
+		(void)spool_spill(sp);
 		return;
 	}
 	if (size <= sp->mem_cap)
